@@ -24,11 +24,12 @@ def _expose_checkout_kernels() -> None:
     checkout = os.path.join(os.path.dirname(here), "kernels")
     init = os.path.join(checkout, "__init__.py")
     if not os.path.isfile(init):
-        return  # an editable install resolves it through its own finder
+        return
     spec = importlib.util.spec_from_file_location("skelcl.kernels", init, submodule_search_locations=[checkout])
     module = importlib.util.module_from_spec(spec)
     sys.modules["skelcl.kernels"] = module
     spec.loader.exec_module(module)
+    globals()["kernels"] = module
 
 
 _expose_checkout_kernels()
