@@ -1,0 +1,205 @@
+"""Triton kernels for the fused NT-Xent loss: no 2N x 2N matrix in memory, forward or backward.
+
+Notation: the queries are the local rows ``q`` (``2 n_local`` of them: ``[z1; z2]`` of this process,
+normalised); the keys are all ``M = 2 n_total`` normalised rows of the (possibly gathered) global
+batch ``[Z1; Z2]``. A local row ``t`` has the global index ``offset + t`` (``t < n_local``) or
+``n_total + offset + t - n_local``; its positive is the global row ``g +- n_total``.
+In one process ``q`` and the keys are the same tensor and ``offset = 0``.
+
+Logits are kept in base-2 units, ``t_ik = s_ik * log2(e) / tau``, so every exponential is one
+``exp2``; the stored row log-sum-exp ``lse2`` is in the same units.
+
+Backward: with ``p_ik = exp(s_ik / tau - lse_i)`` (k != i),
+``dL/dzhat_j = (1 / (M tau)) [sum_k (p_jk + p_kj) zhat_k - 2 zhat_pos(j)]``. The weight
+``p_jk + p_kj`` only needs ``lse_j`` and ``lse_k``, so one row pass over key tiles gives every row's
+full gradient: no column pass, no atomics, and a fixed reduction order (deterministic).
+The chain rule through ``zhat = z / |z|`` runs in the same kernel's epilogue.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+LOG2E = 1.0 / math.log(2.0)
+LN2 = math.log(2.0)
+MAX_DIM = 512
+
+__all__ = ["normalize_rows", "ntxent_forward", "ntxent_backward", "MAX_DIM"]
+
+
+@triton.jit
+def _normalize_kernel(Z1, Z2, ZH, INV, SUMSQ, n, D, stride_1, stride_2, stride_h,
+                      NORMALIZE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
+    # Rows [0, n) come from z1 and [n, 2n) from z2, so [z1; z2] is never concatenated separately.
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    dcols = tl.arange(0, BLOCK_D)
+    d_ok = dcols[None, :] < D
+    in1 = rows < n
+    in2 = (rows >= n) & (rows < 2 * n)
+    x1 = tl.load(Z1 + rows[:, None] * stride_1 + dcols[None, :], mask=in1[:, None] & d_ok, other=0.0)
+    x2 = tl.load(Z2 + (rows[:, None] - n) * stride_2 + dcols[None, :], mask=in2[:, None] & d_ok, other=0.0)
+    x = x1.to(tl.float32) + x2.to(tl.float32)
+    sumsq = tl.sum(x * x, axis=1)
+    if NORMALIZE:
+        inv = 1.0 / tl.maximum(tl.sqrt(sumsq), 1e-12)  # the eps of torch.nn.functional.normalize
+    else:
+        inv = tl.full([BLOCK_M], 1.0, tl.float32)
+    ok = in1 | in2
+    tl.store(ZH + rows[:, None] * stride_h + dcols[None, :], (x * inv[:, None]).to(ZH.dtype.element_ty),
+             mask=ok[:, None] & d_ok)
+    tl.store(INV + rows, inv, mask=ok)
+    tl.store(SUMSQ + rows, sumsq, mask=ok)
+
+
+@triton.jit
+def _mm(a, b, acc, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+    # UPCAST: the interpreter (TRITON_INTERPRET=1) computes bf16 x bf16 dots wrongly; feed it fp32.
+    if UPCAST:
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
+    return tl.dot(a, b, acc, input_precision=PRECISION)
+
+
+@triton.jit
+def _global_rows(rows, n_local, offset, n_total):
+    return tl.where(rows < n_local, offset + rows, n_total + offset + rows - n_local)
+
+
+@triton.jit
+def _fwd_kernel(Q, K, LSE2, LOSS, n_local, offset, n_total, D, stride_q, stride_k, scale2,
+                PRECISION: tl.constexpr, UPCAST: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                BLOCK_D: tl.constexpr):
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_ok = rows < 2 * n_local
+    grow = _global_rows(rows, n_local, offset, n_total)
+    m_total = 2 * n_total
+    dcols = tl.arange(0, BLOCK_D)
+    d_ok = dcols[None, :] < D
+    q = tl.load(Q + rows[:, None] * stride_q + dcols[None, :], mask=row_ok[:, None] & d_ok, other=0.0)
+
+    # A finite start for the running max: a tile where a row sees only masked keys then adds 0.
+    m_i = tl.full([BLOCK_M], -1.0e30, tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    for start in range(0, m_total, BLOCK_N):
+        cols = start + tl.arange(0, BLOCK_N)
+        col_ok = cols < m_total
+        k = tl.load(K + cols[:, None] * stride_k + dcols[None, :], mask=col_ok[:, None] & d_ok, other=0.0)
+        t = _mm(q, tl.trans(k), None, PRECISION, UPCAST) * scale2
+        t = tl.where(col_ok[None, :] & (cols[None, :] != grow[:, None]), t, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(t, axis=1))
+        l_i = l_i * tl.exp2(m_i - m_new) + tl.sum(tl.exp2(t - m_new[:, None]), axis=1)
+        m_i = m_new
+    lse2 = m_i + tl.log2(l_i)
+
+    gpos = tl.where(grow < n_total, grow + n_total, grow - n_total)
+    kp = tl.load(K + gpos[:, None] * stride_k + dcols[None, :], mask=row_ok[:, None] & d_ok, other=0.0)
+    pos2 = tl.sum(q.to(tl.float32) * kp.to(tl.float32), axis=1) * scale2
+    tl.store(LSE2 + rows, lse2, mask=row_ok)
+    tl.store(LOSS + rows, (lse2 - pos2) * 0.6931471805599453, mask=row_ok)
+
+
+@triton.jit
+def _bwd_kernel(Q, K, LSE2_ALL, INV, GOUT, DZ, n_local, offset, n_total, D, stride_q, stride_k,
+                stride_dz, scale2, coef, NORMALIZE: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_ok = rows < 2 * n_local
+    grow = _global_rows(rows, n_local, offset, n_total)
+    m_total = 2 * n_total
+    dcols = tl.arange(0, BLOCK_D)
+    d_ok = dcols[None, :] < D
+    q = tl.load(Q + rows[:, None] * stride_q + dcols[None, :], mask=row_ok[:, None] & d_ok, other=0.0)
+    lse_r = tl.load(LSE2_ALL + grow, mask=row_ok, other=0.0)
+
+    acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    for start in range(0, m_total, BLOCK_N):
+        cols = start + tl.arange(0, BLOCK_N)
+        col_ok = cols < m_total
+        k = tl.load(K + cols[:, None] * stride_k + dcols[None, :], mask=col_ok[:, None] & d_ok, other=0.0)
+        lse_c = tl.load(LSE2_ALL + cols, mask=col_ok, other=0.0)
+        t = _mm(q, tl.trans(k), None, PRECISION, UPCAST) * scale2
+        # p_jk + p_kj: the row's own softmax plus the key row's softmax at this anchor.
+        w = tl.exp2(t - lse_r[:, None]) + tl.exp2(t - lse_c[None, :])
+        w = tl.where(col_ok[None, :] & (cols[None, :] != grow[:, None]), w, 0.0)
+        acc = _mm(w.to(k.dtype), k, acc, PRECISION, UPCAST)
+
+    gpos = tl.where(grow < n_total, grow + n_total, grow - n_total)
+    kp = tl.load(K + gpos[:, None] * stride_k + dcols[None, :], mask=row_ok[:, None] & d_ok, other=0.0)
+    g = (acc - 2.0 * kp.to(tl.float32)) * (coef * tl.load(GOUT).to(tl.float32))
+    if NORMALIZE:
+        # d(z/|z|) = (I - zhat zhat^T) / |z|
+        qf = q.to(tl.float32)
+        radial = tl.sum(qf * g, axis=1)
+        inv = tl.load(INV + rows, mask=row_ok, other=0.0)
+        g = (g - qf * radial[:, None]) * inv[:, None]
+    tl.store(DZ + rows[:, None] * stride_dz + dcols[None, :], g.to(DZ.dtype.element_ty),
+             mask=row_ok[:, None] & d_ok)
+
+
+def _block_d(dim: int) -> int:
+    return max(16, triton.next_power_of_2(dim))
+
+
+def _config(dim: int) -> tuple[int, int, int, int]:
+    """(BLOCK_M, BLOCK_N, num_warps, num_stages): flash-attention-like tiles, smaller for wide rows."""
+    bd = _block_d(dim)
+    if bd <= 128:
+        return 128, 64, 8, 3
+    if bd <= 256:
+        return 64, 64, 8, 2
+    return 64, 32, 8, 2
+
+
+def _upcast(dtype: torch.dtype) -> bool:
+    return dtype == torch.bfloat16 and os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def _precision(dtype: torch.dtype, allow_tf32: bool) -> str:
+    return "tf32" if (allow_tf32 or dtype != torch.float32) else "ieee"
+
+
+def normalize_rows(z1: torch.Tensor, z2: torch.Tensor, normalize: bool = True):
+    """``[z1; z2]`` row-normalised -> (zhat (2n, D) in the input dtype, inv_norm (2n,), sumsq (2n,) fp32)."""
+    n, dim = z1.shape
+    zh = torch.empty((2 * n, dim), dtype=z1.dtype, device=z1.device)
+    inv = torch.empty(2 * n, dtype=torch.float32, device=z1.device)
+    sumsq = torch.empty(2 * n, dtype=torch.float32, device=z1.device)
+    block_m = 32 if _block_d(dim) <= 128 else 8
+    grid = (triton.cdiv(2 * n, block_m),)
+    _normalize_kernel[grid](z1, z2, zh, inv, sumsq, n, dim, z1.stride(0), z2.stride(0), zh.stride(0),
+                            NORMALIZE=normalize, BLOCK_M=block_m, BLOCK_D=_block_d(dim), num_warps=4)
+    return zh, inv, sumsq
+
+
+def ntxent_forward(q: torch.Tensor, keys: torch.Tensor, n_local: int, offset: int, n_total: int,
+                   temperature: float, allow_tf32: bool = True):
+    """Per local row: (lse in base-2 logit units, loss term in nats), both (2 n_local,) float32."""
+    dim = q.shape[1]
+    lse2 = torch.empty(2 * n_local, dtype=torch.float32, device=q.device)
+    loss = torch.empty_like(lse2)
+    bm, bn, warps, stages = _config(dim)
+    grid = (triton.cdiv(2 * n_local, bm),)
+    _fwd_kernel[grid](q, keys, lse2, loss, n_local, offset, n_total, dim, q.stride(0), keys.stride(0),
+                      LOG2E / temperature, PRECISION=_precision(q.dtype, allow_tf32), UPCAST=_upcast(q.dtype), BLOCK_M=bm,
+                      BLOCK_N=bn, BLOCK_D=_block_d(dim), num_warps=warps, num_stages=stages)
+    return lse2, loss
+
+
+def ntxent_backward(q: torch.Tensor, keys: torch.Tensor, lse2_all: torch.Tensor, inv_norm: torch.Tensor,
+                    grad_out: torch.Tensor, n_local: int, offset: int, n_total: int, temperature: float,
+                    normalize: bool = True, allow_tf32: bool = True) -> torch.Tensor:
+    """Gradient of the global mean loss w.r.t. the local raw rows ``[z1; z2]``: (2 n_local, D), q's dtype."""
+    dim = q.shape[1]
+    dz = torch.empty_like(q)
+    bm, bn, warps, stages = _config(dim)
+    grid = (triton.cdiv(2 * n_local, bm),)
+    coef = 1.0 / (2 * n_total * temperature)
+    _bwd_kernel[grid](q, keys, lse2_all, inv_norm, grad_out, dz, n_local, offset, n_total, dim,
+                      q.stride(0), keys.stride(0), dz.stride(0), LOG2E / temperature, coef,
+                      NORMALIZE=normalize, PRECISION=_precision(q.dtype, allow_tf32), UPCAST=_upcast(q.dtype), BLOCK_M=bm,
+                      BLOCK_N=bn, BLOCK_D=_block_d(dim), num_warps=warps, num_stages=stages)
+    return dz

@@ -1,0 +1,373 @@
+"""Fused NT-Xent loss (paper Eq. 4-5) without the 2N x 2N similarity matrix.
+
+``ntxent_loss(z1, z2)`` equals ``skelcl.reference.ntxent_loss``: cosine similarities of the 2N rows
+``[z1; z2]`` over ``temperature``; anchor i's positive is row i +- N; its denominator runs over every
+k != i, the positive included; the loss is the mean over the 2N anchors.
+
+Backends (``backend=``):
+
+* ``"triton"``: kernels in ``skelcl.kernels.ntxent`` (CUDA; CPU tensors under TRITON_INTERPRET=1).
+  The forward keeps an online log-sum-exp over key tiles; the backward recomputes the similarities.
+* ``"cpu"``: the same algorithm in chunked PyTorch, row blocks of about 2M logits (memory
+  O(block x 2N)); any device, float64 too.
+* ``"torch"``: the naive matrix formula with autograd (for checking; memory O(N^2)).
+* ``"auto"``: Triton for CUDA tensors with D <= 512, the chunked path otherwise.
+
+Both fused backends save only the normalised rows, their inverse norms and the 2N log-sum-exps, and
+reduce in a fixed order (no atomics), so ``deterministic=True`` needs no other code path.
+
+Distributed (``group`` given, or torch.distributed initialised with world size > 1): the global batch
+is ``[Z1; Z2]`` with every rank's rows, rank 0 first. Each rank gathers the normalised rows, computes
+the loss terms of its own anchors against all rows, and the loss is the global mean (the same value
+on every rank). The backward needs only the gathered log-sum-exps (one 2N-vector gather in the
+forward) to give each rank the exact gradient of the global loss w.r.t. its own z1 and z2, terms from
+other ranks' anchors included; no gradient communication is needed.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+__all__ = ["ntxent_loss", "BACKENDS"]
+
+BACKENDS = ("auto", "triton", "cpu", "torch")
+_LN2 = math.log(2.0)
+_LOG2E = 1.0 / _LN2
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+_TRITON_DTYPES = (torch.float32, *_LOW_PRECISION)
+_FUSED_DTYPES = (*_TRITON_DTYPES, torch.float64)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Chunked PyTorch core (the "cpu" backend). Notation as in skelcl.kernels.ntxent; lse in nats.
+# ---------------------------------------------------------------------------------------------------
+
+# About 2M floats per (block x 2N) temporary: 8 MiB in float32, whatever the batch.
+_BLOCK_ELEMS = 1 << 21
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _block_rows(m_total: int) -> int:
+    return max(16, min(1024, _BLOCK_ELEMS // max(m_total, 1)))
+
+
+def _chunked_global_rows(n_local: int, offset: int, n_total: int, device) -> torch.Tensor:
+    t = torch.arange(2 * n_local, device=device)
+    return torch.where(t < n_local, offset + t, n_total + offset + t - n_local)
+
+
+def _chunked_normalize(z1: torch.Tensor, z2: torch.Tensor, normalize: bool = True):
+    """``[z1; z2]`` -> (zhat (2n, D) in the compute dtype, inv_norm (2n,), sumsq (2n,))."""
+    z = torch.cat([z1, z2]).to(_compute_dtype(z1.dtype))
+    sumsq = (z * z).sum(dim=1)
+    if normalize:
+        inv = sumsq.sqrt().clamp_min(1e-12).reciprocal()  # the eps of torch.nn.functional.normalize
+        z.mul_(inv[:, None])
+    else:
+        inv = torch.ones_like(sumsq)
+    return z, inv, sumsq
+
+
+def _chunked_forward(q: torch.Tensor, keys: torch.Tensor, n_local: int, offset: int, n_total: int,
+            temperature: float):
+    """Per local row: (lse in nats, loss term), both (2 n_local,) in the compute dtype."""
+    m_local, m_total = 2 * n_local, 2 * n_total
+    grow = _chunked_global_rows(n_local, offset, n_total, q.device)
+    gpos = (grow + n_total) % m_total
+    lse = torch.empty(m_local, dtype=q.dtype, device=q.device)
+    block = _block_rows(m_total)
+    keys_t = keys.T
+    for a in range(0, m_local, block):
+        b = min(a + block, m_local)
+        s = torch.mm(q[a:b], keys_t).mul_(1.0 / temperature)
+        s[torch.arange(b - a, device=q.device), grow[a:b]] = float("-inf")  # k = i is not a negative
+        lse[a:b] = torch.logsumexp(s, dim=1)
+    pos = (q * keys[gpos]).sum(dim=1) / temperature
+    return lse, lse - pos
+
+
+def _chunked_backward(q: torch.Tensor, keys: torch.Tensor, lse_all: torch.Tensor, inv_norm: torch.Tensor,
+             grad_out: torch.Tensor, n_local: int, offset: int, n_total: int, temperature: float,
+             normalize: bool = True) -> torch.Tensor:
+    """Gradient of the global mean loss w.r.t. the local raw rows ``[z1; z2]``, (2 n_local, D)."""
+    m_local, m_total = 2 * n_local, 2 * n_total
+    grow = _chunked_global_rows(n_local, offset, n_total, q.device)
+    gpos = (grow + n_total) % m_total
+    coef = grad_out.to(q.dtype) / (m_total * temperature)
+    dz = torch.empty_like(q)
+    block = _block_rows(m_total)
+    keys_t = keys.T
+    lse_cols = lse_all[None, :]
+    for a in range(0, m_local, block):
+        b = min(a + block, m_local)
+        s = torch.mm(q[a:b], keys_t).mul_(1.0 / temperature)
+        w = torch.exp(s - lse_all[grow[a:b], None])  # p_jk: this row's softmax
+        w.add_(s.sub_(lse_cols).exp_())  # + p_kj: each key row's softmax at this anchor
+        w[torch.arange(b - a, device=q.device), grow[a:b]] = 0.0
+        dz[a:b] = torch.mm(w, keys)
+    g = dz.sub_(keys[gpos], alpha=2.0).mul_(coef)
+    if normalize:
+        # d(z/|z|) = (I - zhat zhat^T) / |z|
+        g.sub_(q * (q * g).sum(dim=1, keepdim=True)).mul_(inv_norm[:, None])
+    return g
+
+
+# ---------------------------------------------------------------------------------------------------
+# Backend adapters: one contract for both fused backends (lse in nats, gradient in the compute dtype).
+# ---------------------------------------------------------------------------------------------------
+
+
+def _kernels():
+    from skelcl.kernels import ntxent  # imports triton: only when the Triton backend runs
+
+    return ntxent
+
+
+def _normalize(backend: str, z1: Tensor, z2: Tensor, normalize: bool):
+    if backend == "triton":
+        z1 = z1 if z1.stride(-1) == 1 else z1.contiguous()
+        z2 = z2 if z2.stride(-1) == 1 else z2.contiguous()
+        return _kernels().normalize_rows(z1, z2, normalize)
+    return _chunked_normalize(z1, z2, normalize)
+
+
+def _forward(backend, q, keys, n_local, offset, n_total, temperature, allow_tf32):
+    if backend == "triton":
+        lse2, terms = _kernels().ntxent_forward(q, keys, n_local, offset, n_total, temperature, allow_tf32)
+        return lse2 * _LN2, terms
+    return _chunked_forward(q, keys, n_local, offset, n_total, temperature)
+
+
+def _backward(backend, q, keys, lse_all, inv, grad, n_local, offset, n_total, temperature, normalize,
+              allow_tf32):
+    if backend == "triton":
+        lse2 = (lse_all.float() * _LOG2E).contiguous()
+        return _kernels().ntxent_backward(q, keys, lse2, inv, grad.reshape(()).contiguous(), n_local,
+                                          offset, n_total, temperature, normalize, allow_tf32)
+    return _chunked_backward(q, keys, lse_all, inv, grad, n_local, offset, n_total, temperature, normalize)
+
+
+def _nonfinite_message(sumsq: Tensor, n: int) -> str | None:
+    """One reduction over the 2N row norms: NaN or Inf anywhere in a row makes its sum of squares so."""
+    if bool(torch.isfinite(sumsq).all()):
+        return None
+    which = "z1" if not bool(torch.isfinite(sumsq[:n]).all()) else "z2"
+    return f"{which} contains NaN or Inf (or values so large that their squares overflow)"
+
+
+# ---------------------------------------------------------------------------------------------------
+# Single process: torch.library custom ops, so the loss works under torch.compile (opaque op + fake).
+# ---------------------------------------------------------------------------------------------------
+
+
+@torch.library.custom_op("skelcl::ntxent_fwd", mutates_args=())
+def _ntxent_fwd(z1: Tensor, z2: Tensor, temperature: float, normalize: bool, backend: str,
+                allow_tf32: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """-> (loss, zhat (2N, D), inv_norm (2N,), lse (2N,)); the last three are saved for backward."""
+    n = z1.shape[0]
+    zh, inv, sumsq = _normalize(backend, z1, z2, normalize)
+    problem = _nonfinite_message(sumsq, n)
+    if problem:
+        raise ValueError(problem)
+    lse, terms = _forward(backend, zh, zh, n, 0, n, temperature, allow_tf32)
+    return (terms.sum() / (2 * n)).to(z1.dtype), zh, inv, lse
+
+
+@_ntxent_fwd.register_fake
+def _ntxent_fwd_fake(z1, z2, temperature, normalize, backend, allow_tf32):
+    n, dim = z1.shape
+    if backend == "triton":
+        zdt, vdt = z1.dtype, torch.float32
+    else:
+        zdt = vdt = _compute_dtype(z1.dtype)
+    return (z1.new_empty(()), z1.new_empty((2 * n, dim), dtype=zdt), z1.new_empty(2 * n, dtype=vdt),
+            z1.new_empty(2 * n, dtype=vdt))
+
+
+@torch.library.custom_op("skelcl::ntxent_bwd", mutates_args=())
+def _ntxent_bwd(grad: Tensor, zh: Tensor, inv: Tensor, lse: Tensor, temperature: float, normalize: bool,
+                backend: str, allow_tf32: bool) -> Tensor:
+    """-> d loss / d [z1; z2], (2N, D) in zhat's dtype."""
+    n = zh.shape[0] // 2
+    return _backward(backend, zh, zh, lse, inv, grad, n, 0, n, temperature, normalize, allow_tf32)
+
+
+@_ntxent_bwd.register_fake
+def _ntxent_bwd_fake(grad, zh, inv, lse, temperature, normalize, backend, allow_tf32):
+    return torch.empty_like(zh)
+
+
+def _setup_context(ctx, inputs, output):
+    z1, _, temperature, normalize, backend, allow_tf32 = inputs
+    _, zh, inv, lse = output
+    ctx.save_for_backward(zh, inv, lse)
+    ctx.args = (temperature, normalize, backend, allow_tf32)
+    ctx.in_dtype = z1.dtype
+
+
+def _ntxent_fwd_backward(ctx, grad_loss, *_unused):
+    zh, inv, lse = ctx.saved_tensors
+    dz = _ntxent_bwd(grad_loss, zh, inv, lse, *ctx.args).to(ctx.in_dtype)
+    n = zh.shape[0] // 2
+    return dz[:n], dz[n:], None, None, None, None
+
+
+_ntxent_fwd.register_autograd(_ntxent_fwd_backward, setup_context=_setup_context)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Several processes: global negatives, exact gradients.
+# ---------------------------------------------------------------------------------------------------
+
+
+def _gather_rows(t: Tensor, group) -> list[Tensor]:
+    """all_gather of equal-shaped tensors; 16-bit floats travel as int16 bits (not every backend has bf16)."""
+    wire = t.view(torch.int16) if t.dtype in _LOW_PRECISION else t
+    out = [torch.empty_like(wire) for _ in range(dist.get_world_size(group))]
+    dist.all_gather(out, wire.contiguous(), group=group)
+    return [o.view(t.dtype) for o in out] if t.dtype in _LOW_PRECISION else out
+
+
+class _GlobalNTXent(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, z1, z2, temperature, normalize, backend, allow_tf32, group):
+        n = z1.shape[0]
+        rank, world = dist.get_rank(group), dist.get_world_size(group)
+        zh, inv, sumsq = _normalize(backend, z1, z2, normalize)
+        problem = _nonfinite_message(sumsq, n)
+        # One small gather checks, on every rank alike, the batch sizes and the NaN/Inf flags, so that
+        # either all ranks raise or none does (a lone raise would hang the others in a collective).
+        info = torch.tensor([n, problem is not None], dtype=torch.int64, device=z1.device)
+        infos = torch.stack(_gather_rows(info, group)).cpu()
+        if problem:
+            raise ValueError(problem)
+        if bool(infos[:, 1].any()):
+            bad = infos[:, 1].nonzero().flatten().tolist()
+            raise ValueError(f"z1 or z2 contains NaN or Inf on rank(s) {bad}")
+        if bool((infos[:, 0] != n).any()):
+            sizes = infos[:, 0].tolist()
+            raise ValueError(f"z1 and z2 must have the same batch size N on every rank, got {sizes}")
+
+        n_total, offset = world * n, rank * n
+        keys = torch.cat(_gather_rows(zh[:n], group) + _gather_rows(zh[n:], group))  # [Z1; Z2]
+        lse, terms = _forward(backend, zh, keys, n, offset, n_total, temperature, allow_tf32)
+        lse_all = torch.cat(_gather_rows(lse[:n], group) + _gather_rows(lse[n:], group))
+        total = terms.sum().reshape(1)
+        dist.all_reduce(total, group=group)
+        ctx.save_for_backward(zh, inv, keys, lse_all)
+        ctx.args = (n, offset, n_total, temperature, normalize, backend, allow_tf32, z1.dtype)
+        return (total[0] / (2 * n_total)).to(z1.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        zh, inv, keys, lse_all = ctx.saved_tensors
+        n, offset, n_total, temperature, normalize, backend, allow_tf32, dtype = ctx.args
+        dz = _backward(backend, zh, keys, lse_all, inv, grad_loss, n, offset, n_total, temperature,
+                       normalize, allow_tf32).to(dtype)
+        return dz[:n], dz[n:], None, None, None, None, None
+
+
+# ---------------------------------------------------------------------------------------------------
+# Naive formula (backend="torch") and the public entry point.
+# ---------------------------------------------------------------------------------------------------
+
+
+def _naive(z1: Tensor, z2: Tensor, temperature: float, normalize: bool) -> Tensor:
+    n = z1.shape[0]
+    z = torch.cat([z1, z2])
+    if not bool(torch.isfinite(z).all()):
+        which = "z1" if not bool(torch.isfinite(z1).all()) else "z2"
+        raise ValueError(f"{which} contains NaN or Inf")
+    if normalize:
+        z = torch.nn.functional.normalize(z, dim=1)
+    logits = (z @ z.T / temperature).fill_diagonal_(float("-inf"))
+    positive = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)
+    return torch.nn.functional.cross_entropy(logits, positive)
+
+
+def _triton_usable(t: Tensor) -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return t.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def _validate(z1, z2, temperature, backend) -> str:
+    """Checks the arguments; returns the concrete backend."""
+    for name, z in (("z1", z1), ("z2", z2)):
+        if not isinstance(z, Tensor):
+            raise ValueError(f"{name} must be a torch.Tensor, got {type(z).__name__}")
+        if z.dim() != 2:
+            raise ValueError(f"{name} must be 2-D (N, D), got shape {tuple(z.shape)}")
+    if z1.shape[1] != z2.shape[1]:
+        raise ValueError(f"z1 and z2 must have the same feature size D, got {z1.shape[1]} and {z2.shape[1]}")
+    if z1.shape[0] != z2.shape[0]:
+        raise ValueError(f"z1 and z2 must have the same batch size N, got {z1.shape[0]} and {z2.shape[0]}")
+    if z1.shape[0] == 0:
+        raise ValueError("z1 and z2 are an empty batch (N = 0): the loss needs N >= 1")
+    if z1.shape[1] == 0:
+        raise ValueError("z1 and z2 have D = 0 features")
+    if z1.dtype != z2.dtype:
+        raise ValueError(f"z1 and z2 must have the same dtype, got {z1.dtype} and {z2.dtype}")
+    if z1.device != z2.device:
+        raise ValueError(f"z1 and z2 must be on the same device, got {z1.device} and {z2.device}")
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
+        raise ValueError(f"temperature must be a positive number, got {temperature!r}")
+    if not (math.isfinite(temperature) and temperature > 0):
+        raise ValueError(f"temperature must be finite and > 0, got {temperature}")
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "auto":
+        fits = z1.dtype in _TRITON_DTYPES and z1.shape[1] <= 512
+        backend = "triton" if (z1.is_cuda and fits and _triton_usable(z1)) else "cpu"
+    allowed = {"triton": _TRITON_DTYPES, "cpu": _FUSED_DTYPES, "torch": _FUSED_DTYPES}[backend]
+    if z1.dtype not in allowed:
+        raise ValueError(f"z1 and z2 have dtype {z1.dtype}; backend {backend!r} accepts {list(allowed)}")
+    if backend == "triton":
+        if z1.shape[1] > 512:
+            raise ValueError(f"backend 'triton' supports D <= 512, got D = {z1.shape[1]} (use backend='cpu')")
+        if not _triton_usable(z1):
+            raise ValueError("backend 'triton' needs triton and CUDA tensors (or TRITON_INTERPRET=1 on CPU)")
+    return backend
+
+
+def _resolve_group(group):
+    """The process group to spread the batch over, or None for a single process."""
+    if group is None:
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+            return None
+        return dist.group.WORLD
+    return group if dist.get_world_size(group) > 1 else None
+
+
+def ntxent_loss(z1: Tensor, z2: Tensor, temperature: float = 0.1, *, normalize: bool = True,
+                backend: str = "auto", group=None, allow_tf32: bool = True,
+                deterministic: bool = False) -> Tensor:
+    """NT-Xent over the 2N rows of ``[z1; z2]``, without the 2N x 2N matrix; a scalar in z1's dtype.
+
+    z1, z2: (N, D) float32, float16 or bfloat16 (float64 on the "cpu" and "torch" backends), the two
+    views' projections; row i of z1 and row i of z2 are a positive pair. ``normalize=False`` skips the
+    L2 normalisation (dot products instead of cosines: pass unit rows). ``allow_tf32`` lets float32
+    similarities use tf32 on the GPU. ``deterministic`` is accepted for clarity: every fused path
+    already reduces in a fixed order. ``group``: see the module docstring.
+    """
+    backend = _validate(z1, z2, temperature, backend)
+    temperature = float(temperature)
+    del deterministic  # both fused backends are deterministic (fixed reduction order, no atomics)
+    group = _resolve_group(group)
+    if backend == "torch":
+        if group is not None:
+            raise ValueError("backend 'torch' is single-process; use backend 'cpu' or 'triton' with a group")
+        return _naive(z1, z2, temperature, normalize)
+    if group is not None:
+        return _GlobalNTXent.apply(z1, z2, temperature, bool(normalize), backend, bool(allow_tf32), group)
+    return _ntxent_fwd(z1, z2, temperature, bool(normalize), backend, bool(allow_tf32))[0]
