@@ -1,0 +1,338 @@
+"""Loaders: every supported data source -> ``SkeletonArrays``.
+
+``load_dataset(spec)`` recognises, in this order:
+
+- ``"synthetic"``: the built-in procedural dataset (``skelcl.data.synthetic.load_synthetic``);
+- a directory made by ``prepare-ntu`` (``meta.json`` + ``x.npy``), memory-mapped;
+- a directory holding ST-GCN arrays ``{train,val}_data*.npy`` + ``{train,val}_label.pkl``, or one of
+  those ``.npy`` files: train and val are concatenated, ``splits["given"]`` marks the train part;
+- a directory of raw NTU ``.skeleton`` files (parsed on the fly: meant for small sets);
+- a ``.npz``: skelcl's own (``x``, ``y`` ...) or CTR-GCN's (``x_train`` (N, T, 150), one-hot ``y_train``);
+- a ``.pkl``/``.pickle``: a pyskl annotation file (``split`` + ``annotations``).
+
+skelcl ``.npz`` keys: ``x`` (N, 3, T, V, M) float32, ``y`` int; optional ``name``, ``subject``,
+``view``, ``setup``, ``length``, ``split`` ('train'/'test' strings -> ``splits["given"]``) and
+``layout``. Whenever sample names are NTU names, the NTU benchmarks that apply are added to splits.
+
+pyskl keypoints (M, T, V, C) become (3, T, V, 2): persons beyond the second are dropped, a missing
+second person is zero; 2D keypoints (C = 2) get a zero third channel, so they lie in the z = 0 plane
+(rotations about x and y then foreshorten them, as a camera would a flat figure). ``keypoint_score``
+is not used.
+
+The layout is inferred from V (25 ntu25, 20 kinect20, 17 coco17) unless ``layout`` is given.
+Missing per-sample lengths are inferred as 1 + the last frame with any non-zero value.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import pickle
+
+import numpy as np
+
+from .dataset import SkeletonArrays
+from .splits import ntu_splits, parse_ntu_names
+
+__all__ = ["LAYOUT_BY_JOINTS", "load_dataset", "save_npz", "infer_lengths", "infer_layout"]
+
+LAYOUT_BY_JOINTS = {25: "ntu25", 20: "kinect20", 17: "coco17"}
+
+
+def load_dataset(spec, *, layout: str | None = None, synthetic_kwargs: dict | None = None) -> SkeletonArrays:
+    """Load ``spec`` (see the module docstring); a bad path or format raises ValueError."""
+    if isinstance(spec, str) and spec == "synthetic":
+        from .synthetic import load_synthetic  # imported here: only this source needs it
+
+        data = load_synthetic(**(synthetic_kwargs or {}))
+        if layout is not None:
+            data.layout = layout
+        return data
+    if synthetic_kwargs:
+        raise ValueError(f"synthetic_kwargs only apply to spec='synthetic', not {spec!r}")
+    path = os.fspath(spec)
+    if not os.path.exists(path):
+        raise ValueError(f"dataset spec {path!r}: no such file or directory (and not 'synthetic')")
+    if os.path.isdir(path):
+        if os.path.isfile(os.path.join(path, "meta.json")):
+            return _load_prepared(path, layout)
+        if glob.glob(os.path.join(path, "train_data*.npy")) or glob.glob(os.path.join(path, "val_data*.npy")):
+            return _load_stgcn(path, layout)
+        if glob.glob(os.path.join(path, "*.skeleton")):
+            return _load_raw_dir(path, layout)
+        raise ValueError(
+            f"dataset directory {path!r}: not a prepare-ntu output (meta.json), ST-GCN arrays "
+            "({train,val}_data*.npy) or a folder of .skeleton files"
+        )
+    ext = os.path.splitext(path)[1].lower()
+    if ext == ".npz":
+        return _load_npz(path, layout)
+    if ext == ".npy":
+        return _load_stgcn(path, layout)
+    if ext in (".pkl", ".pickle"):
+        return _load_pyskl(path, layout)
+    raise ValueError(f"dataset file {path!r}: unknown format (expected .npz, .npy or .pkl)")
+
+
+def infer_layout(num_joints: int, layout: str | None, source: str) -> str:
+    if layout is not None:
+        return layout
+    if num_joints not in LAYOUT_BY_JOINTS:
+        raise ValueError(f"{source}: cannot infer the joint layout from V={num_joints}; pass layout=")
+    return LAYOUT_BY_JOINTS[num_joints]
+
+
+def infer_lengths(x: np.ndarray, chunk: int = 1024) -> np.ndarray:
+    """(N,) int64: 1 + index of the last frame with any non-zero value (0 for an all-zero sample)."""
+    n, _, t = x.shape[:3]
+    out = np.zeros(n, dtype=np.int64)
+    for s in range(0, n, chunk):  # chunked: x may be a memory map larger than RAM
+        present = (np.asarray(x[s : s + chunk]) != 0).any(axis=(1, 3, 4))  # (n, T)
+        last = t - np.argmax(present[:, ::-1], axis=1)
+        out[s : s + chunk] = np.where(present.any(axis=1), last, 0)
+    return out
+
+
+def _with_name_splits(splits: dict, names) -> dict:
+    if names is not None:
+        for key, mask in ntu_splits(names).items():
+            splits.setdefault(key, mask)
+    return splits
+
+
+def _ntu_fields(names):
+    """subject, view, setup arrays for NTU names (None when the names are not NTU names)."""
+    try:
+        f = parse_ntu_names(names)
+    except ValueError:
+        return None, None, None
+    return f["performer"], f["camera"], f["setup"]
+
+
+def _load_prepared(path: str, layout: str | None) -> SkeletonArrays:
+    try:
+        with open(os.path.join(path, "meta.json")) as f:
+            meta = json.load(f)
+        x = np.load(os.path.join(path, "x.npy"), mmap_mode="r")
+        y = np.load(os.path.join(path, "y.npy"))
+        names = np.load(os.path.join(path, "name.npy"))
+        length = np.load(os.path.join(path, "length.npy"))
+    except (OSError, ValueError) as e:
+        raise ValueError(f"prepared dataset {path!r} is incomplete or unreadable: {e}") from e
+    subject, view, setup = _ntu_fields(names)
+    return SkeletonArrays(
+        x=x, y=y, layout=layout or meta.get("layout", "ntu25"), num_classes=meta.get("num_classes"),
+        name=names, subject=subject, view=view, setup=setup, length=length,
+        splits=_with_name_splits({}, names),
+    )
+
+
+def _stgcn_pair(path: str) -> tuple[list[tuple[str, str, bool]], str]:
+    """[(data.npy, label.pkl, is_train)] for an ST-GCN directory or one of its data files."""
+    if os.path.isdir(path):
+        folder, suffix = path, None
+    else:
+        folder, base = os.path.split(path)
+        folder = folder or "."
+        for part in ("train", "val"):
+            if base.startswith(part + "_data"):
+                suffix = base[len(part) + len("_data"):]  # e.g. "_joint.npy"
+                break
+        else:
+            raise ValueError(f"ST-GCN data file {path!r}: name must be train_data*.npy or val_data*.npy")
+    found = []
+    for part in ("train", "val"):
+        if suffix is not None:
+            candidates = [os.path.join(folder, f"{part}_data{suffix}")]
+        else:  # prefer the joint stream when several streams sit side by side
+            candidates = sorted(glob.glob(os.path.join(folder, f"{part}_data*.npy")),
+                                key=lambda p: (not p.endswith("_joint.npy"), not p.endswith("_data.npy"), p))
+        data = next((c for c in candidates if os.path.isfile(c)), None)
+        if data is None:
+            continue
+        label = os.path.join(folder, f"{part}_label.pkl")
+        if not os.path.isfile(label):
+            raise ValueError(f"ST-GCN data {data!r}: label file {label!r} is missing")
+        found.append((data, label, part == "train"))
+    if not found:
+        raise ValueError(f"ST-GCN data {path!r}: no {{train,val}}_data*.npy found")
+    return found, folder
+
+
+def _load_stgcn(path: str, layout: str | None) -> SkeletonArrays:
+    found, _ = _stgcn_pair(path)
+    xs, ys, names, train = [], [], [], []
+    for data, label, is_train in found:
+        x = np.load(data, mmap_mode="r")
+        if x.ndim != 5 or x.shape[1] != 3:
+            raise ValueError(f"ST-GCN data {data!r}: expected (N, 3, T, V, M), got shape {x.shape}")
+        try:
+            with open(label, "rb") as f:
+                sample_names, labels = pickle.load(f)
+        except Exception as e:  # a pickle can fail in many ways; all mean the same to the user
+            problem = f"expected a pickled (names, labels) pair ({e})"
+            raise ValueError(f"ST-GCN label file {label!r}: {problem}") from e
+        if len(labels) != len(x):
+            problem = f"{len(labels)} labels for {len(x)} samples in {data!r}"
+            raise ValueError(f"ST-GCN label file {label!r}: {problem}")
+        xs.append(x)
+        ys.append(np.asarray(labels, dtype=np.int64))
+        names.append(np.asarray([str(n).split(".")[0] for n in sample_names]))
+        train.append(np.full(len(x), is_train))
+    # one array for both parts: a single part stays memory-mapped, two are concatenated in memory
+    x = xs[0] if len(xs) == 1 else np.concatenate(xs)
+    names = np.concatenate(names)
+    subject, view, setup = _ntu_fields(names)
+    return SkeletonArrays(
+        x=x, y=np.concatenate(ys), layout=infer_layout(x.shape[3], layout, path), name=names,
+        subject=subject, view=view, setup=setup, length=infer_lengths(x),
+        splits=_with_name_splits({"given": np.concatenate(train)}, names),
+    )
+
+
+def _load_npz(path: str, layout: str | None) -> SkeletonArrays:
+    try:
+        z = np.load(path, allow_pickle=False)
+        keys = set(z.files)
+    except Exception as e:
+        raise ValueError(f"npz file {path!r} cannot be read: {e}") from e
+    with z:
+        if {"x", "y"} <= keys:
+            return _load_skelcl_npz(z, path, layout)
+        if {"x_train", "y_train"} <= keys:
+            return _load_ctrgcn(z, path, layout)
+    raise ValueError(
+        f"npz file {path!r}: expected keys x, y (skelcl) or x_train, y_train (CTR-GCN); has {sorted(keys)}"
+    )
+
+
+def _load_skelcl_npz(z, path: str, layout: str | None) -> SkeletonArrays:
+    x = np.asarray(z["x"], dtype=np.float32)
+    if x.ndim != 5 or x.shape[1] != 3:
+        raise ValueError(f"skelcl npz {path!r}: x must be (N, 3, T, V, M), got shape {x.shape}")
+    if layout is None and "layout" in z.files:
+        layout = str(z["layout"])
+    opt = {k: (z[k] if k in z.files else None) for k in ("name", "subject", "view", "setup", "length")}
+    if opt["name"] is not None:
+        opt["name"] = opt["name"].astype(str)
+        subject, view, setup = _ntu_fields(opt["name"])
+        for key, value in (("subject", subject), ("view", view), ("setup", setup)):
+            if opt[key] is None:
+                opt[key] = value
+    splits = {}
+    if "split" in z.files:
+        split = z["split"].astype(str)
+        bad = ~np.isin(split, ["train", "test"])
+        if bad.any():
+            raise ValueError(f"skelcl npz {path!r}: split must hold 'train'/'test', found {split[bad][0]!r}")
+        splits["given"] = split == "train"
+    if opt["length"] is None:
+        opt["length"] = infer_lengths(x)
+    return SkeletonArrays(
+        x=x, y=z["y"], layout=infer_layout(x.shape[3], layout, path),
+        **{k: v for k, v in opt.items()}, splits=_with_name_splits(splits, opt["name"]),
+    )
+
+
+def _load_ctrgcn(z, path: str, layout: str | None) -> SkeletonArrays:
+    xs, ys, train = [], [], []
+    for part, is_train in (("train", True), ("test", False)):
+        if f"x_{part}" not in z.files:
+            continue
+        x = z[f"x_{part}"]
+        if x.ndim != 3 or x.shape[2] % (3 * 2) != 0:
+            raise ValueError(f"CTR-GCN npz {path!r}: x_{part} must be (N, T, 2*V*3), got shape {x.shape}")
+        n, t = x.shape[:2]
+        v = x.shape[2] // 6
+        # (N, T, M*V*C) with M outermost and C innermost -> (N, C, T, V, M)
+        xs.append(x.reshape(n, t, 2, v, 3).transpose(0, 4, 1, 3, 2).astype(np.float32))
+        y = z[f"y_{part}"]
+        ys.append(y.argmax(axis=1) if y.ndim == 2 else y.astype(np.int64))
+        train.append(np.full(n, is_train))
+    x = np.ascontiguousarray(np.concatenate(xs))
+    y = np.concatenate(ys)
+    num_classes = z["y_train"].shape[1] if z["y_train"].ndim == 2 else None
+    return SkeletonArrays(
+        x=x, y=y, layout=infer_layout(x.shape[3], layout, path), num_classes=num_classes,
+        length=infer_lengths(x), splits={"given": np.concatenate(train)},
+    )
+
+
+def _load_pyskl(path: str, layout: str | None) -> SkeletonArrays:
+    try:
+        with open(path, "rb") as f:
+            obj = pickle.load(f)
+    except Exception as e:
+        raise ValueError(f"pickle {path!r} cannot be read: {e}") from e
+    if not isinstance(obj, dict) or "annotations" not in obj:
+        raise ValueError(f"pickle {path!r}: expected a pyskl annotation dict with 'split' and 'annotations'")
+    ann = obj["annotations"]
+    if not ann:
+        raise ValueError(f"pyskl file {path!r}: 'annotations' is empty")
+    kps = []
+    for i, a in enumerate(ann):
+        kp = np.asarray(a["keypoint"], dtype=np.float32)
+        if kp.ndim != 4 or kp.shape[3] not in (2, 3):
+            raise ValueError(f"pyskl file {path!r}: annotations[{i}]['keypoint'] must be (M, T, V, 2|3), "
+                             f"got shape {kp.shape}")
+        kps.append(kp)
+    v = kps[0].shape[2]
+    if any(kp.shape[2] != v for kp in kps):
+        raise ValueError(f"pyskl file {path!r}: samples have different joint counts")
+    t_max = max(kp.shape[1] for kp in kps)
+    x = np.zeros((len(kps), 3, t_max, v, 2), dtype=np.float32)
+    for i, kp in enumerate(kps):
+        kp = kp[:2]
+        x[i, : kp.shape[3], : kp.shape[1], :, : kp.shape[0]] = kp.transpose(3, 1, 2, 0)
+    names = np.asarray([str(a.get("frame_dir", i)) for i, a in enumerate(ann)])
+    lengths = np.asarray([int(a.get("total_frames", kp.shape[1])) for a, kp in zip(ann, kps)], dtype=np.int64)
+    splits = {}
+    for key, members in (obj.get("split") or {}).items():
+        if key.endswith("_train"):
+            splits[key[: -len("_train")]] = np.isin(names, np.asarray(list(members), dtype=str))
+    subject, view, setup = _ntu_fields(names)
+    return SkeletonArrays(
+        x=x, y=np.asarray([a["label"] for a in ann], dtype=np.int64), layout=infer_layout(v, layout, path),
+        name=names, subject=subject, view=view, setup=setup, length=np.minimum(lengths, t_max),
+        splits=_with_name_splits(splits, names),
+    )
+
+
+def _load_raw_dir(path: str, layout: str | None) -> SkeletonArrays:
+    from .ntu import read_skeleton
+    from .prepare import MAX_PERSONS, skeleton_to_array
+
+    files = sorted(glob.glob(os.path.join(path, "*.skeleton")))
+    arrays, names = [], []
+    for f in files:
+        arr, _ = skeleton_to_array(read_skeleton(f))  # errors name the file and line
+        arrays.append(arr)
+        names.append(os.path.basename(f).split(".")[0])
+    t_max = max(a.shape[1] for a in arrays)
+    x = np.zeros((len(arrays), 3, t_max, arrays[0].shape[2], MAX_PERSONS), dtype=np.float32)
+    for i, a in enumerate(arrays):
+        x[i, :, : a.shape[1]] = a
+    names = np.asarray(names)
+    try:
+        y = parse_ntu_names(names)["action"] - 1
+    except ValueError as e:
+        raise ValueError(f"raw directory {path!r}: labels come from NTU file names: {e}") from e
+    subject, view, setup = _ntu_fields(names)
+    return SkeletonArrays(
+        x=x, y=y, layout=layout or "ntu25", name=names, subject=subject, view=view, setup=setup,
+        length=np.asarray([a.shape[1] for a in arrays], dtype=np.int64), splits=_with_name_splits({}, names),
+    )
+
+
+def save_npz(path, data: SkeletonArrays, *, split: np.ndarray | None = None) -> None:
+    """Write ``data`` as a skelcl ``.npz``; ``split`` (bool train mask) is stored as 'train'/'test'."""
+    arrays = {"x": np.asarray(data.x, dtype=np.float32), "y": np.asarray(data.y, dtype=np.int64),
+              "layout": np.array(data.layout)}
+    for key in ("name", "subject", "view", "setup", "length"):
+        value = getattr(data, key)
+        if value is not None:
+            arrays[key] = np.asarray(value) if key != "name" else np.asarray(value, dtype=str)
+    if split is not None:
+        arrays["split"] = np.where(np.asarray(split, dtype=bool), "train", "test")
+    np.savez(path, **arrays)

@@ -1,0 +1,171 @@
+"""Batch iteration for training: whole batches gathered with one fancy index, no per-sample Python.
+
+The order is a pure function of (seed, epoch): every rank draws the same permutation and keeps
+every ``world_size``-th index from ``rank`` on (the ``DistributedSampler`` partition), so ranks see
+disjoint samples and a run can resume at any (epoch, batch). A background thread gathers the next
+``prefetch`` batches (into pinned memory when a GPU is present) while the caller computes; the copy
+to ``device`` is asynchronous from pinned memory.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+
+from .dataset import SkeletonArrays
+
+__all__ = ["BatchLoader"]
+
+_DONE = object()
+
+
+class BatchLoader:
+    """Iterate ``(x, y, lengths)`` batches: float32 (B, 3, T, V, M), int64 (B,), int64 (B,)."""
+
+    def __init__(self, data: SkeletonArrays, batch_size: int, *, shuffle: bool = True, drop_last: bool = True,
+                 seed: int = 0, rank: int = 0, world_size: int = 1, device=None, pin_memory: bool = True,
+                 prefetch: int = 2):
+        if not isinstance(data, SkeletonArrays):
+            raise ValueError(f"data must be a SkeletonArrays, got {type(data).__name__}")
+        if int(batch_size) != batch_size or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
+        if prefetch < 0:
+            raise ValueError(f"prefetch must be >= 0, got {prefetch}")
+        self.data = data
+        self.batch_size = int(batch_size)
+        self.shuffle = shuffle
+        self.drop_last = drop_last
+        self.seed = int(seed)
+        self.rank = rank
+        self.world_size = world_size
+        self.device = torch.device(device) if device is not None else None
+        # pinning needs an accelerator; without one, plain memory is the same thing
+        self.pin_memory = pin_memory and torch.cuda.is_available()
+        self.prefetch = prefetch
+        self.epoch = 0
+        self._start_batch = 0  # set by load_state_dict: where the next __iter__ resumes
+        self._next_batch = 0  # batches of the current epoch already handed out
+        n = len(data)
+        if data.length is not None:
+            self._lengths = np.asarray(data.length, dtype=np.int64)
+        else:
+            self._lengths = np.full(n, data.x.shape[2], dtype=np.int64)
+        # the per-rank sample count, as DistributedSampler computes it
+        if drop_last and n % world_size:
+            self._per_rank = n // world_size
+        else:
+            self._per_rank = -(-n // world_size)
+        if self._per_rank == 0 or (drop_last and self._per_rank < self.batch_size):
+            raise ValueError(f"data has {n} samples: too few for batch_size={batch_size} on "
+                             f"world_size={world_size} with drop_last={drop_last}")
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+        self._start_batch = 0
+        self._next_batch = 0
+
+    def __len__(self) -> int:
+        if self.drop_last:
+            return self._per_rank // self.batch_size
+        return -(-self._per_rank // self.batch_size)
+
+    def indices(self, epoch: int) -> np.ndarray:
+        """This rank's sample indices for ``epoch``, in order."""
+        n = len(self.data)
+        if self.shuffle:
+            order = np.random.default_rng([self.seed, epoch]).permutation(n)
+        else:
+            order = np.arange(n)
+        total = self._per_rank * self.world_size
+        if total > n:  # pad by wrapping around, as DistributedSampler does
+            order = np.concatenate([order, np.resize(order, total - n)])
+        order = order[:total]
+        return order[self.rank :: self.world_size]
+
+    def batch_indices(self, epoch: int) -> list[np.ndarray]:
+        idx = self.indices(epoch)
+        return [idx[s : s + self.batch_size] for s in range(0, len(self) * self.batch_size, self.batch_size)]
+
+    def state_dict(self) -> dict:
+        """Where iteration stands: resuming from it repeats no batch and skips none."""
+        return {"epoch": self.epoch, "batch": self._next_batch, "seed": self.seed}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("seed", self.seed) != self.seed:
+            raise ValueError(f"state was saved with seed {state['seed']}, this loader has seed {self.seed}")
+        self.epoch = int(state["epoch"])
+        self._start_batch = int(state["batch"])
+        self._next_batch = self._start_batch
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        start, self._start_batch = self._start_batch, 0
+        return self.iter_from(self.epoch, start)
+
+    def iter_from(self, epoch: int, start_batch: int = 0) -> Iterator[tuple[torch.Tensor, ...]]:
+        """Batches ``start_batch, start_batch + 1, ...`` of ``epoch``."""
+        if not 0 <= start_batch <= len(self):
+            raise ValueError(f"start_batch must be in [0, {len(self)}], got {start_batch}")
+        self.epoch = int(epoch)
+        self._next_batch = start_batch
+        batches = self.batch_indices(epoch)[start_batch:]
+        if self.prefetch == 0:
+            for idx in batches:
+                yield self._to_device(self._gather(idx))
+                self._next_batch += 1
+            return
+        q: queue.Queue = queue.Queue(maxsize=self.prefetch)
+        stop = threading.Event()
+
+        def produce():
+            try:
+                for idx in batches:
+                    item = self._gather(idx)
+                    while not stop.is_set():
+                        try:
+                            q.put(item, timeout=0.1)
+                            break
+                        except queue.Full:
+                            continue
+                    if stop.is_set():
+                        return
+                q.put(_DONE)
+            except BaseException as e:  # handed to the consumer, which re-raises it
+                q.put(e)
+
+        worker = threading.Thread(target=produce, name="skelcl-batch-loader", daemon=True)
+        worker.start()
+        try:
+            while True:
+                item = q.get()
+                if item is _DONE:
+                    break
+                if isinstance(item, BaseException):
+                    raise item
+                yield self._to_device(item)
+                self._next_batch += 1
+        finally:
+            stop.set()
+            worker.join()
+
+    def _gather(self, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        # sorted reads are sequential on a memory map; the inverse permutation restores the order
+        order = np.argsort(idx, kind="stable")
+        src = idx[order]
+        shape = (len(idx),) + tuple(self.data.x.shape[1:])
+        x = torch.empty(shape, dtype=torch.float32, pin_memory=self.pin_memory)
+        xn = x.numpy()
+        xn[order] = self.data.x[src]
+        y = torch.from_numpy(np.ascontiguousarray(self.data.y[idx], dtype=np.int64))
+        lengths = torch.from_numpy(self._lengths[idx])
+        return x, y, lengths
+
+    def _to_device(self, batch):
+        if self.device is None:
+            return batch
+        return tuple(t.to(self.device, non_blocking=self.pin_memory) for t in batch)
