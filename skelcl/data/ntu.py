@@ -87,7 +87,7 @@ def parse_skeleton(data: bytes, path: str = "<bytes>") -> SkeletonFile:
         while pos < n_lines and not lines[pos].strip():
             pos += 1
         if pos >= n_lines:
-            raise SkeletonFormatError(path, n_lines, f"file ends early: expected {what}")
+            raise SkeletonFormatError(path, _last_line(lines), f"file ends early: expected {what}")
         pos += 1
         return lines[pos - 1]
 
@@ -133,7 +133,7 @@ def parse_skeleton(data: bytes, path: str = "<bytes>") -> SkeletonFile:
             # joint lines are taken as the next 25 lines; blank lines inside a block are an error
             if pos + NUM_JOINTS > n_lines or (pos + NUM_JOINTS == n_lines and not lines[-1].strip()):
                 raise SkeletonFormatError(
-                    path, n_lines, f"file ends inside the joints of body {b} in frame {t} (truncated)"
+                    path, _last_line(lines), f"file ends inside the joints of body {b} in frame {t} (truncated)"
                 )
             joint_starts.append(pos)
             pos += NUM_JOINTS
@@ -177,6 +177,14 @@ def parse_skeleton(data: bytes, path: str = "<bytes>") -> SkeletonFile:
                 )
             )
     return SkeletonFile(path=path, num_frames=num_frames, bodies=bodies)
+
+
+def _last_line(lines: list[bytes]) -> int:
+    """1-based number of the last non-blank line (1 for an empty file): where a truncation shows."""
+    for k in range(len(lines) - 1, -1, -1):
+        if lines[k].strip():
+            return k + 1
+    return 1
 
 
 def _show(line: bytes) -> str:
