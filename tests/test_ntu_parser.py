@@ -7,12 +7,19 @@ import os
 import numpy as np
 import pytest
 
-from skelcl.data.ntu import NUM_JOINTS, SkeletonFormatError, format_skeleton, make_body, parse_skeleton, read_skeleton
+from skelcl.data.ntu import (
+    NUM_JOINTS,
+    SkeletonFormatError,
+    format_skeleton,
+    make_body,
+    parse_skeleton,
+    read_skeleton,
+)
 
 RAW = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "ntu_raw")
 ONE = os.path.join(RAW, "S001C001P001R001A011.skeleton")  # 82 frames, one person reading
 TWO = os.path.join(RAW, "S001C003P008R002A058.skeleton")  # 70 frames, two people shaking hands
-needs_raw = pytest.mark.skipif(not os.path.isfile(ONE) or not os.path.isfile(TWO), reason="NTU samples absent")
+needs_raw = pytest.mark.skipif(not (os.path.isfile(ONE) and os.path.isfile(TWO)), reason="NTU samples absent")
 
 
 def _line(path: str, number: int) -> list[str]:

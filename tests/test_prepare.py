@@ -121,8 +121,8 @@ def test_parallel_equals_serial_and_ntu120(tmp_path, monkeypatch):
 
 def test_cli(tmp_path, capsys):
     _write_raw(tmp_path / "raw", np.random.default_rng(4), NAMES[:2])
-    rc = main(["prepare-ntu", "--raw", str(tmp_path / "raw"), "--out", str(tmp_path / "o"), "--benchmark", "xview60",
-               "--workers", "1", "--no-progress"])
+    rc = main(["prepare-ntu", "--raw", str(tmp_path / "raw"), "--out", str(tmp_path / "o"),
+               "--benchmark", "xview60", "--workers", "1", "--no-progress"])
     assert rc == 0 and "2 samples" in capsys.readouterr().out
     rc = main(["prepare-ntu", "--raw", str(tmp_path / "none"), "--out", str(tmp_path / "o2"), "--benchmark",
                "xview60"])
