@@ -1,1 +1,41 @@
-"""models"""
+"""Encoders (ST-GCN, SkeletonResNet), the contrastive wrapper, and checkpoint conversion."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from skelcl.layouts import Layout, get_layout
+from skelcl.models.contrastive import ContrastiveModel
+from skelcl.models.convert import convert_stgcn_state_dict
+from skelcl.models.resnet import SkeletonResNet
+from skelcl.models.stgcn import STGCN, stgcn_widths
+
+__all__ = ["STGCN", "SkeletonResNet", "ContrastiveModel", "convert_stgcn_state_dict", "build_encoder",
+           "ENCODERS", "stgcn_widths"]
+
+ENCODERS = ("stgcn", "stgcn-quarter", "resnet10", "resnet18", "resnet34")
+
+
+def build_encoder(name: str, layout: str | Layout = "ntu25", width_multiplier: float = 1.0,
+                  depth: int | None = None, **kw) -> nn.Module:
+    """Encoder preset by name; ``width_multiplier`` and ``depth`` scale it for the ablations.
+
+    * ``"stgcn"``: the original ST-GCN, 10 blocks of 64-...-256 channels.
+    * ``"stgcn-quarter"``: 16-16-16-16-32-32-32-64-64-64 (SkeletonCLR / AimCLR size).
+    * ``"resnet10" | "resnet18" | "resnet34"``: SkeletonResNet, base width 64; ``depth`` overrides.
+
+    Other keywords go to the model (``dropout``, ``num_classes``, ``temporal_kernel``, ...).
+    """
+    if name not in ENCODERS:
+        raise ValueError(f"name must be one of {list(ENCODERS)}, got {name!r}")
+    if not width_multiplier > 0:
+        raise ValueError(f"width_multiplier must be > 0, got {width_multiplier}")
+    lay = get_layout(layout)
+    if name.startswith("stgcn"):
+        if "widths" in kw:
+            raise ValueError("widths cannot be combined with a preset name: use STGCN(widths=...)")
+        scale = width_multiplier * (0.25 if name == "stgcn-quarter" else 1.0)
+        return STGCN(layout=lay, widths=stgcn_widths(10 if depth is None else depth, scale), **kw)
+    base = round(kw.pop("width", 64) * width_multiplier)
+    return SkeletonResNet(depth=int(name[len("resnet"):]) if depth is None else depth, width=max(1, base),
+                          num_joints=lay.num_joints, **kw)

@@ -1,0 +1,192 @@
+"""The channels-last STGCN against the plain NCTV ST-GCN (tests/nctv_stgcn.py) with shared weights."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from nctv_stgcn import NCTVSTGCN
+
+from skelcl.layouts import get_layout
+from skelcl.models import STGCN, ContrastiveModel, build_encoder, convert_stgcn_state_dict
+
+SMALL = (8, 8, 12, 12, 16)  # strides 1, 1, 2, 1, 2
+
+
+def _randomise_(model: torch.nn.Module, gen: torch.Generator) -> None:
+    """Random weights, BN affine parameters, running statistics and edge importances, so a
+    mis-mapped key or a transposed weight cannot go unnoticed."""
+    with torch.no_grad():
+        for name, t in model.state_dict().items():
+            if name == "A" or not t.is_floating_point():
+                continue
+            r = torch.rand(t.shape, generator=gen, dtype=torch.float64)
+            if name.endswith("running_var") or name.startswith("edge_importance"):
+                t.copy_(0.5 + r)
+            else:
+                t.copy_((r - 0.5) * 0.6)
+
+
+def _pair(layout="ntu25", widths=SMALL, num_classes=None, dtype=torch.float64, gen=None, dropout=0.0):
+    lay = get_layout(layout)
+    ref = NCTVSTGCN(lay.adjacency_partitions(), widths=widths, num_classes=num_classes).to(dtype)
+    _randomise_(ref, gen)
+    new = STGCN(layout=lay, widths=widths, num_classes=num_classes, dropout=dropout).to(dtype)
+    new.load_state_dict(convert_stgcn_state_dict(ref.state_dict()))
+    return ref, new
+
+
+def _grads(model, convert):
+    g = {n: p.grad for n, p in model.named_parameters()}
+    return convert_stgcn_state_dict(g, prefix="") if convert else g
+
+
+@pytest.mark.parametrize("layout,t,num_classes",
+                         [("ntu25", 13, None), ("kinect20", 10, 5), ("coco17", 9, None)])
+@pytest.mark.parametrize("train", [True, False])
+def test_matches_nctv_float64(rng, layout, t, num_classes, train):
+    ref, new = _pair(layout, num_classes=num_classes, gen=rng)
+    ref.train(train)
+    new.train(train)
+    v = get_layout(layout).num_joints
+    x = torch.randn(3, 3, t, v, 2, generator=rng, dtype=torch.float64)
+    x_ref, x_new = x.clone().requires_grad_(), x.clone().requires_grad_()
+    out_ref, out_new = ref(x_ref), new(x_new)
+    assert out_new.shape == (3, new.out_dim)
+    torch.testing.assert_close(out_new, out_ref, rtol=1e-10, atol=1e-10)
+    w = torch.randn(out_ref.shape, generator=rng, dtype=torch.float64)
+    (out_ref * w).sum().backward()
+    (out_new * w).sum().backward()
+    torch.testing.assert_close(x_new.grad, x_ref.grad, rtol=1e-9, atol=1e-10)
+    g_ref, g_new = _grads(ref, True), _grads(new, False)
+    assert g_ref.keys() == g_new.keys()
+    for k in g_ref:
+        torch.testing.assert_close(g_new[k], g_ref[k], rtol=1e-9, atol=1e-10, msg=k)
+    if train:  # running statistics updated identically
+        s_ref = convert_stgcn_state_dict(ref.state_dict())
+        for k, val in new.state_dict().items():
+            torch.testing.assert_close(val, s_ref[k], rtol=1e-10, atol=1e-12, msg=k)
+
+
+def test_matches_nctv_float32(rng):
+    ref, new = _pair(widths=(16, 16, 32), dtype=torch.float32, gen=rng)
+    x = torch.randn(4, 3, 11, 25, 2, generator=rng)
+    x_ref, x_new = x.clone().requires_grad_(), x.clone().requires_grad_()
+    out_ref, out_new = ref(x_ref), new(x_new)
+    torch.testing.assert_close(out_new, out_ref, rtol=1e-4, atol=1e-5)
+    out_ref.square().sum().backward()
+    out_new.square().sum().backward()
+    torch.testing.assert_close(x_new.grad, x_ref.grad, rtol=1e-3, atol=1e-5)
+    g_ref, g_new = _grads(ref, True), _grads(new, False)
+    for k in g_ref:
+        torch.testing.assert_close(g_new[k], g_ref[k], rtol=1e-3, atol=1e-4, msg=k)
+
+
+def test_converter_prefix_and_head(rng):
+    ref, _ = _pair(num_classes=7, gen=rng)
+    sd = {"encoder_q." + k: v for k, v in ref.state_dict().items()}
+    sd.update({"encoder_k.data_bn.weight": torch.zeros(75), "queue": torch.zeros(4, 4)})
+    with pytest.raises(ValueError, match="several"):
+        convert_stgcn_state_dict(sd)
+    converted = convert_stgcn_state_dict(sd, prefix="encoder_q.")
+    assert converted["head.weight"].shape == (7, 16)
+    new = STGCN(widths=SMALL, num_classes=7).double()
+    new.load_state_dict(converted)  # strict: every key present, none extra
+    del sd["encoder_k.data_bn.weight"]
+    assert convert_stgcn_state_dict(sd).keys() == converted.keys()  # prefix auto-detected
+    # A skelcl state dict passes through.
+    assert convert_stgcn_state_dict(new.state_dict()).keys() == new.state_dict().keys()
+
+
+def test_converter_rejects_bad_input():
+    with pytest.raises(ValueError, match="data_bn"):
+        convert_stgcn_state_dict({"foo": torch.zeros(1)})
+    with pytest.raises(ValueError, match="not part of ST-GCN"):
+        convert_stgcn_state_dict({"data_bn.weight": torch.zeros(1), "proj.weight": torch.zeros(1)})
+    extra = {"data_bn.weight": torch.zeros(1), "proj.weight": torch.zeros(1)}
+    out = convert_stgcn_state_dict(extra, strict=False)
+    assert list(out) == ["data_bn.weight"]
+    with pytest.raises(ValueError, match="dict"):
+        convert_stgcn_state_dict([1, 2])
+
+
+def test_bad_input_raises():
+    model = STGCN(widths=(4, 4))
+    with pytest.raises(ValueError, match="shape"):
+        model(torch.randn(2, 3, 5, 25))
+    with pytest.raises(ValueError, match="channels"):
+        model(torch.randn(2, 2, 5, 25, 2))
+    with pytest.raises(ValueError, match="joints"):
+        model(torch.randn(2, 3, 5, 20, 2))
+    with pytest.raises(ValueError, match="persons"):
+        model(torch.randn(2, 3, 5, 25, 3))
+    with pytest.raises(ValueError, match="widths"):
+        STGCN(widths=(4, 0))
+    with pytest.raises(ValueError, match="temporal_kernel"):
+        STGCN(widths=(4,), temporal_kernel=4)
+    with pytest.raises(ValueError, match="layout"):
+        STGCN(layout="ntu26")
+    with pytest.raises(ValueError, match="name"):
+        build_encoder("stgcn-huge")
+
+
+def test_presets_and_parameter_count():
+    full = build_encoder("stgcn", num_classes=60)
+    n = sum(p.numel() for p in full.parameters())
+    assert 3.0e6 < n < 3.2e6  # the original ST-GCN has about 3.1 M parameters
+    assert build_encoder("stgcn").widths == (64, 64, 64, 64, 128, 128, 128, 256, 256, 256)
+    quarter = build_encoder("stgcn-quarter")
+    assert quarter.widths == (16, 16, 16, 16, 32, 32, 32, 64, 64, 64) and quarter.out_dim == 64
+    assert quarter.strides == (1, 1, 1, 1, 2, 1, 1, 2, 1, 1)
+    shallow = build_encoder("stgcn", depth=4, width_multiplier=0.5)
+    assert shallow.widths == (32, 32, 64, 128)
+    assert build_encoder("stgcn-quarter", layout="kinect20").layout.num_joints == 20
+
+
+def test_dropout_and_odd_lengths(rng):
+    model = STGCN(widths=(6, 6, 10), dropout=0.5).train()
+    for t in (1, 2, 7):
+        out = model(torch.randn(2, 3, t, 25, 2, generator=rng))
+        assert out.shape == (2, 10) and torch.isfinite(out).all()
+    model.eval()
+    x = torch.randn(2, 3, 7, 25, 2, generator=rng)
+    torch.testing.assert_close(model(x), model(x))  # no dropout at eval
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_autocast(rng, dtype):
+    model = STGCN(widths=(8, 8, 16)).eval()
+    x = torch.randn(2, 3, 9, 25, 2, generator=rng)
+    expect = model(x)
+    with torch.autocast("cpu", dtype=dtype):
+        out = model(x)
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out.float(), expect, rtol=0.1, atol=0.05)
+    model.train()
+    with torch.autocast("cpu", dtype=dtype):
+        loss = model(x).float().square().mean()
+    loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_contrastive_model(rng):
+    enc = STGCN(widths=(4, 8))
+    model = ContrastiveModel(enc, proj_dim=5, hidden=6)
+    x = torch.randn(3, 3, 6, 25, 2, generator=rng)
+    assert model(x).shape == (3, 5) and model.encode(x).shape == (3, 8)
+    assert model.encoder is enc
+    with pytest.raises(ValueError, match="proj_dim"):
+        ContrastiveModel(enc, proj_dim=0)
+    with pytest.raises(ValueError, match="out_dim"):
+        ContrastiveModel(torch.nn.Linear(2, 2))
+
+
+@pytest.mark.slow
+def test_torch_compile_matches_eager(rng):
+    model = STGCN(widths=(4, 8)).train()
+    x = torch.randn(2, 3, 6, 25, 2, generator=rng)
+    compiled = torch.compile(model)
+    expect = model(x)
+    out = compiled(x)
+    torch.testing.assert_close(out, expect, rtol=1e-4, atol=1e-5)
+    out.sum().backward()
+    assert all(p.grad is not None for p in model.parameters())
