@@ -132,9 +132,8 @@ def parse_skeleton(data: bytes, path: str = "<bytes>") -> SkeletonFile:
                 raise SkeletonFormatError(path, pos, f"joint count is {n_joints}, expected {NUM_JOINTS}")
             # joint lines are taken as the next 25 lines; blank lines inside a block are an error
             if pos + NUM_JOINTS > n_lines or (pos + NUM_JOINTS == n_lines and not lines[-1].strip()):
-                raise SkeletonFormatError(
-                    path, _last_line(lines), f"file ends inside the joints of body {b} in frame {t} (truncated)"
-                )
+                problem = f"file ends inside the joints of body {b} in frame {t} (truncated)"
+                raise SkeletonFormatError(path, _last_line(lines), problem)
             joint_starts.append(pos)
             pos += NUM_JOINTS
     while pos < n_lines:
