@@ -1,0 +1,178 @@
+"""LARS with SimCLR semantics, applied to all parameters at once with torch._foreach_* operations."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+
+class LARS(torch.optim.Optimizer):
+    r"""Layer-wise Adaptive Rate Scaling as used by SimCLR, multi-tensor and free of host syncs.
+
+    For every parameter ``w`` with gradient ``g`` (one "layer" = one tensor)::
+
+        g     <- g + weight_decay * w
+        trust  = trust_coefficient * ||w|| / (||g|| + eps)     (1 where ||w|| = 0 or ||g|| = 0)
+        trust <- min(trust / lr, 1)                            (only with clip=True: LARC)
+        u      = trust * g
+        v     <- momentum * v + u
+        w     <- w - lr * v               (nesterov: w <- w - lr * (u + momentum * v))
+
+    Excluded parameters skip the first three lines (no weight decay, no adaptation) and follow
+    plain momentum SGD. By default a parameter is excluded when ``exclude_bias_and_norm`` is true
+    and it is 1-D (biases, batch-norm and layer-norm weights). A parameter group can override the
+    rule with the key ``"lars_exclude"``: ``True`` excludes every tensor of the group, ``False``
+    adapts every tensor of the group (1-D ones included), ``None`` (the default) applies the
+    ``exclude_bias_and_norm`` rule::
+
+        LARS([{"params": backbone.parameters()},
+              {"params": head.parameters(), "lars_exclude": True}], lr=4.8)
+
+    This is exactly :class:`skelcl.reference.LARSReference`, computed differently: per device and
+    dtype, a handful of ``torch._foreach_*`` calls update all tensors, the per-tensor norms come
+    from ``torch._foreach_norm``, and the trust ratios stay on the device as one tensor (the
+    zero-norm rule is a ``torch.where``). Nothing reads a tensor value on the host, so a step
+    never waits for the device. ``lr`` and the other hyper-parameters must be Python numbers.
+    Gradients are not modified. The momentum buffer of each parameter lives in
+    ``state[p]["momentum_buffer"]`` and round-trips through ``state_dict``.
+
+    With AMP, call ``scaler.unscale_(opt)`` (optional, e.g. before gradient clipping) and then
+    ``scaler.step(opt)``: the scaler skips the whole step when it found an inf or a NaN.
+
+    How this differs from two LARS implementations users may know (as read in their sources):
+
+    * timm (``timm.optim.Lars``): the trust-ratio denominator is ``||g|| + weight_decay * ||w|| +
+      eps`` with the raw gradient (here: the norm of the decayed gradient ``||g + wd * w||``, as
+      in SimCLR), ``eps`` defaults to 1e-8 (here 0), there is no exclusion by shape: a group is
+      adapted only when its ``weight_decay`` is non-zero (or ``always_adapt``), so exclusion is
+      done by putting biases and norms into a group with zero weight decay; momentum has a
+      dampening option.
+    * solo-learn (``solo.utils.lars.LARS``, from Lightning Bolts): the same ``||g|| + wd * ||w||
+      + eps`` denominator; exclusion by ``p.ndim == 1`` behind a flag that is off by default;
+      when either norm is zero it skips the weight decay too (here the weight decay is still
+      added and only the trust ratio becomes 1); the LARC clip is applied only when both norms
+      are non-zero (here also to the ratio 1, as ``min(1 / lr, 1)``); the zero-norm test
+      compares tensors in Python, which synchronises with the device for every parameter.
+    """
+
+    def __init__(self, params, lr: float, momentum: float = 0.9, weight_decay: float = 1e-6,
+                 trust_coefficient: float = 1e-3, eps: float = 0.0, exclude_bias_and_norm: bool = True,
+                 clip: bool = False, nesterov: bool = False):
+        _check_number("lr", lr, minimum=0.0)
+        _check_number("momentum", momentum, minimum=0.0)
+        _check_number("weight_decay", weight_decay, minimum=0.0)
+        _check_number("trust_coefficient", trust_coefficient, minimum=0.0)
+        _check_number("eps", eps, minimum=0.0)
+        if clip and lr == 0:
+            raise ValueError("lr: must be positive with clip=True (the LARC clip divides by lr)")
+        defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay,
+                        trust_coefficient=trust_coefficient, eps=eps,
+                        exclude_bias_and_norm=bool(exclude_bias_and_norm), clip=bool(clip),
+                        nesterov=bool(nesterov), lars_exclude=None)
+        super().__init__(params, defaults)
+        for group in self.param_groups:
+            if group["lars_exclude"] not in (None, True, False):
+                raise ValueError(f"lars_exclude: must be None, True or False, got {group['lars_exclude']!r}")
+        # (device, dtype, numels) -> int64 index mapping each element to its tensor (CUDA path).
+        self._segment_ids: dict[tuple, Tensor] = {}
+        # "auto": flat broadcast on CUDA, 0-dim scalars elsewhere; tests force either one.
+        self._broadcast = "auto"
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        self.__dict__.setdefault("_segment_ids", {})
+        self.__dict__.setdefault("_broadcast", "auto")
+        for group in self.param_groups:
+            group.setdefault("lars_exclude", None)
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            for (_device, _dtype), (adapted, excluded) in self._buckets(group).items():
+                self._update(group, adapted, excluded)
+        return loss
+
+    def _buckets(self, group: dict) -> dict:
+        """Split the group's parameters with gradients by (device, dtype) and by exclusion."""
+        rule = group["lars_exclude"]
+        buckets: dict = {}
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            if p.grad.is_sparse:
+                raise ValueError("params: LARS does not support sparse gradients")
+            if p.grad.dtype != p.dtype or p.grad.device != p.device:
+                raise ValueError("params: each gradient must have its parameter's dtype and device")
+            state = self.state[p]
+            if "momentum_buffer" not in state:
+                # m * 0 + u == u: a zero buffer gives the reference's first step (v = u) exactly.
+                state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            is_excluded = rule if rule is not None else (group["exclude_bias_and_norm"] and p.dim() == 1)
+            adapted, excluded = buckets.setdefault((p.device, p.dtype), ([], []))
+            (excluded if is_excluded else adapted).append(p)
+        return buckets
+
+    def _update(self, group: dict, adapted: list[Tensor], excluded: list[Tensor]) -> None:
+        lr, m = group["lr"], group["momentum"]
+        updates = list(self._adapted_updates(group, adapted)) if adapted else []
+        updates += [p.grad for p in excluded]
+        params = adapted + excluded
+        bufs = [self.state[p]["momentum_buffer"] for p in params]
+        torch._foreach_mul_(bufs, m)
+        torch._foreach_add_(bufs, updates)
+        if group["nesterov"]:
+            # Out of place: the excluded parameters' updates are their .grad tensors.
+            torch._foreach_add_(params, torch._foreach_add(updates, bufs, alpha=m), alpha=-lr)
+        else:
+            torch._foreach_add_(params, bufs, alpha=-lr)
+
+    def _adapted_updates(self, group: dict, params: list[Tensor]) -> list[Tensor]:
+        """u = trust * (g + wd * w) for the adapted parameters, as new tensors."""
+        grads = [p.grad for p in params]
+        # New tensors (even with weight_decay = 0), so that p.grad stays untouched.
+        u = torch._foreach_add(grads, params, alpha=group["weight_decay"])
+        w_norm = torch.stack(torch._foreach_norm(params))
+        g_norm = torch.stack(torch._foreach_norm(u))
+        if w_norm.dtype in (torch.float16, torch.bfloat16):
+            w_norm, g_norm = w_norm.float(), g_norm.float()
+        ratio = group["trust_coefficient"] * w_norm / (g_norm + group["eps"])
+        trust = torch.where((w_norm > 0) & (g_norm > 0), ratio, torch.ones_like(ratio))
+        if group["clip"]:
+            trust = torch.clamp(trust / group["lr"], max=1.0)
+        trust = trust.to(params[0].dtype)
+        torch._foreach_mul_(u, self._per_tensor(trust, params))
+        return u
+
+    def _per_tensor(self, trust: Tensor, params: list[Tensor]) -> list[Tensor]:
+        """One multiplier per parameter, in a form the multi-tensor kernels accept.
+
+        CUDA's fused foreach kernels need both lists to have the same shapes (a 0-dim operand
+        sends them down a per-tensor loop), so there the ratios are spread over one flat buffer
+        and cut into views shaped like the parameters. On CPU foreach ops loop per tensor anyway
+        and 0-dim multipliers avoid the extra buffer.
+        """
+        flat = self._broadcast == "flat" or (self._broadcast == "auto" and trust.device.type == "cuda")
+        if not flat:
+            return list(trust.unbind(0))
+        numels = tuple(p.numel() for p in params)
+        key = (trust.device, trust.dtype, numels)
+        ids = self._segment_ids.get(key)
+        if ids is None:
+            counts = torch.tensor(numels, dtype=torch.int64)
+            ids = torch.repeat_interleave(torch.arange(len(numels)), counts).to(trust.device)
+            self._segment_ids[key] = ids
+        spread = trust.index_select(0, ids)
+        return [view.view_as(p) for view, p in zip(spread.split(numels), params)]
+
+
+def _check_number(name: str, value, minimum: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{name}: must be a Python number, got {type(value).__name__}")
+    if not value >= minimum:  # also rejects NaN
+        raise ValueError(f"{name}: must be >= {minimum}, got {value}")

@@ -1,0 +1,327 @@
+"""skelcl.optim.LARS against the per-parameter float64 reference (skelcl.reference.LARSReference)."""
+
+from __future__ import annotations
+
+import copy
+import io
+
+import pytest
+import torch
+from torch import nn
+
+from skelcl.optim import LARS
+from skelcl.reference import LARSReference
+
+
+class SmallNet(nn.Module):
+    """Convolutions, batch norm, linear layers and biases: every kind of tensor LARS meets."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 5, (3, 1), padding=(1, 0))
+        self.bn1 = nn.BatchNorm2d(5)
+        self.conv2 = nn.Conv2d(5, 7, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(7)
+        self.fc1 = nn.Linear(7, 11)
+        self.fc2 = nn.Linear(11, 4)
+
+    def forward(self, x):
+        x = torch.relu(self.bn1(self.conv1(x)))
+        x = torch.relu(self.bn2(self.conv2(x)))
+        return self.fc2(torch.tanh(self.fc1(x.mean(dim=(2, 3)))))
+
+
+def make_net(dtype: torch.dtype, seed: int = 0) -> SmallNet:
+    torch.manual_seed(seed)
+    net = SmallNet().to(dtype)
+    with torch.no_grad():  # non-trivial BN affine parameters, so their updates matter
+        for bn in (net.bn1, net.bn2):
+            bn.weight.uniform_(0.5, 1.5)
+            bn.bias.uniform_(-0.5, 0.5)
+    return net
+
+
+def make_batches(n_steps: int, dtype: torch.dtype, gen: torch.Generator):
+    return [(torch.randn(6, 3, 9, 5, generator=gen).to(dtype), torch.randn(6, 4, generator=gen).to(dtype))
+            for _ in range(n_steps)]
+
+
+def train(net, opt, batches):
+    for x, y in batches:
+        opt.zero_grad(set_to_none=True)
+        loss = ((net(x) - y) ** 2).mean()
+        loss.backward()
+        opt.step()
+
+
+def assert_nets_close(a: nn.Module, b: nn.Module, rtol: float, atol: float):
+    for (name, pa), pb in zip(a.named_parameters(), b.parameters()):
+        torch.testing.assert_close(pa, pb, rtol=rtol, atol=atol, msg=lambda m, n=name: f"{n}: {m}")
+
+
+CONFIGS = [
+    dict(),  # the defaults
+    dict(exclude_bias_and_norm=False),
+    dict(momentum=0.0),
+    dict(nesterov=True),
+    dict(clip=True),
+    dict(clip=True, nesterov=True, exclude_bias_and_norm=False),
+    dict(weight_decay=0.05, eps=1e-4),
+    dict(weight_decay=0.0, trust_coefficient=0.02),
+]
+
+
+def config_id(config: dict) -> str:
+    return ",".join(f"{k}={v}" for k, v in config.items()) or "default"
+
+
+@pytest.mark.parametrize("broadcast", ["scalar", "flat"])
+@pytest.mark.parametrize("config", CONFIGS, ids=config_id)
+def test_matches_reference_float64_20_steps(config, broadcast, rng):
+    lr = 0.7  # large, so that the trust ratios (about 1e-3) move the weights visibly
+    ref_net = make_net(torch.float64)
+    net = copy.deepcopy(ref_net)
+    start = copy.deepcopy(ref_net)
+    opt = LARS(net.parameters(), lr=lr, **config)
+    opt._broadcast = broadcast  # "flat" is the CUDA code path, run here on CPU tensors
+    batches = make_batches(20, torch.float64, rng)
+    train(ref_net, LARSReference(ref_net.parameters(), lr=lr, **config), batches)
+    train(net, opt, batches)
+    assert_nets_close(net, ref_net, rtol=1e-10, atol=1e-12)
+    moved = max((p - q).abs().max().item() for p, q in zip(net.parameters(), start.parameters()))
+    assert moved > 1e-4  # the comparison is not between two unchanged models
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_matches_reference_in_float32_and_float64(dtype, rng):
+    ref_net = make_net(dtype)
+    net = copy.deepcopy(ref_net)
+    batches = make_batches(5, dtype, rng)
+    train(ref_net, LARSReference(ref_net.parameters(), lr=0.5, nesterov=True), batches)
+    train(net, LARS(net.parameters(), lr=0.5, nesterov=True), batches)
+    tol = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-12)
+    assert_nets_close(net, ref_net, **tol)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_one_step_close_to_float64(dtype, rng):
+    w = torch.randn(13, 7, generator=rng, dtype=torch.float64)
+    g = torch.randn(13, 7, generator=rng, dtype=torch.float64)
+    b = torch.randn(13, generator=rng, dtype=torch.float64)
+    gb = torch.randn(13, generator=rng, dtype=torch.float64)
+    ref = [nn.Parameter(w.clone()), nn.Parameter(b.clone())]
+    low = [nn.Parameter(w.to(dtype)), nn.Parameter(b.to(dtype))]
+    for p, grad in zip(ref, (g, gb)):
+        p.grad = grad.clone()
+    for p, grad in zip(low, (g, gb)):
+        p.grad = grad.to(dtype)
+    LARSReference(ref, lr=50.0).step()
+    LARS(low, lr=50.0).step()
+    for pl, pr in zip(low, ref):
+        torch.testing.assert_close(pl.double(), pr.detach(), rtol=2e-2, atol=2e-2)
+
+
+def test_mixed_dtypes_in_one_group(rng):
+    dtypes = (torch.float32, torch.float64)
+    params = [nn.Parameter(torch.randn(4, 3, generator=rng, dtype=dt)) for dt in dtypes]
+    params.append(nn.Parameter(torch.randn(5, generator=rng, dtype=torch.float64)))
+    ref = [nn.Parameter(p.detach().clone()) for p in params]
+    for _ in range(3):
+        grads = [torch.randn(p.shape, generator=rng, dtype=p.dtype) for p in params]
+        for p, r, g in zip(params, ref, grads):
+            p.grad, r.grad = g.clone(), g.clone()
+        LARS(params, lr=3.0, weight_decay=0.1).step()  # fresh optimisers: no momentum carried
+        LARSReference(ref, lr=3.0, weight_decay=0.1).step()
+    for p, r in zip(params, ref):
+        torch.testing.assert_close(p, r, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("broadcast", ["scalar", "flat"])
+@pytest.mark.parametrize("clip", [False, True])
+def test_zero_norm_parameters_use_trust_one(clip, broadcast, rng):
+    """A zero weight, a zero gradient, and both: trust ratio 1, as in the reference."""
+    shapes = [(6, 4), (3, 5), (2, 2), (7, 3)]
+    weights = [torch.randn(s, generator=rng, dtype=torch.float64) for s in shapes]
+    grads = [torch.randn(s, generator=rng, dtype=torch.float64) for s in shapes]
+    weights[0].zero_()  # zero weight, non-zero gradient
+    grads[1].zero_()  # non-zero weight, zero gradient (weight decay 0 keeps it zero)
+    weights[2].zero_()
+    grads[2].zero_()  # both zero
+    ours = [nn.Parameter(w.clone()) for w in weights]
+    ref = [nn.Parameter(w.clone()) for w in weights]
+    opt = LARS(ours, lr=0.3, weight_decay=0.0, clip=clip)
+    opt._broadcast = broadcast
+    ref_opt = LARSReference(ref, lr=0.3, weight_decay=0.0, clip=clip)
+    for _ in range(2):
+        for p, r, g in zip(ours, ref, grads):
+            p.grad, r.grad = g.clone(), g.clone()
+        opt.step()
+        ref_opt.step()
+    for p, r in zip(ours, ref):
+        assert torch.isfinite(p).all()
+        torch.testing.assert_close(p, r, rtol=1e-12, atol=1e-14)
+    # First step of the zero weight, by hand: trust = 1 (min(1 / lr, 1) = 1 with clip), v = g.
+    one = LARS([nn.Parameter(torch.zeros(6, 4, dtype=torch.float64))], lr=0.3, weight_decay=0.0, clip=clip)
+    p = one.param_groups[0]["params"][0]
+    p.grad = grads[0].clone()
+    one.step()
+    torch.testing.assert_close(p.detach(), -0.3 * grads[0], rtol=1e-14, atol=0)
+
+
+def test_gradients_are_not_modified_and_missing_gradients_skipped(rng):
+    net = make_net(torch.float64)
+    opt = LARS(net.parameters(), lr=0.5, nesterov=True)
+    x, y = make_batches(1, torch.float64, rng)[0]
+    ((net(x) - y) ** 2).mean().backward()
+    net.fc2.bias.grad = None
+    before = {n: p.grad.clone() for n, p in net.named_parameters() if p.grad is not None}
+    bias = net.fc2.bias.detach().clone()
+    opt.step()
+    for n, p in net.named_parameters():
+        if p.grad is not None:
+            assert torch.equal(p.grad, before[n]), n
+    assert torch.equal(net.fc2.bias, bias)
+    assert net.fc2.bias not in opt.state
+
+
+def test_group_override_lars_exclude(rng):
+    # lars_exclude=False adapts 1-D tensors too: the reference with exclude_bias_and_norm=False.
+    net = make_net(torch.float64)
+    ref_net = copy.deepcopy(net)
+    batches = make_batches(6, torch.float64, rng)
+    train(net, LARS([{"params": net.parameters(), "lars_exclude": False}], lr=0.5), batches)
+    train(ref_net, LARSReference(ref_net.parameters(), lr=0.5, exclude_bias_and_norm=False), batches)
+    assert_nets_close(net, ref_net, rtol=1e-10, atol=1e-12)
+    # lars_exclude=True: plain momentum SGD for the whole group (no decay, no adaptation).
+    net = make_net(torch.float64)
+    sgd_net = copy.deepcopy(net)
+    head = list(net.fc1.parameters()) + list(net.fc2.parameters())
+    body = [p for p in net.parameters() if all(p is not h for h in head)]
+    opt = LARS([{"params": body}, {"params": head, "lars_exclude": True}], lr=0.5)
+    sgd_head = list(sgd_net.fc1.parameters()) + list(sgd_net.fc2.parameters())
+    sgd_body = [p for p in sgd_net.parameters() if all(p is not h for h in sgd_head)]
+    sgd = [LARSReference(sgd_body, lr=0.5), torch.optim.SGD(sgd_head, lr=0.5, momentum=0.9)]
+    for x, y in batches:
+        opt.zero_grad()
+        for o in sgd:
+            o.zero_grad()
+        ((net(x) - y) ** 2).mean().backward()
+        ((sgd_net(x) - y) ** 2).mean().backward()
+        opt.step()
+        for o in sgd:
+            o.step()
+    assert_nets_close(net, sgd_net, rtol=1e-10, atol=1e-12)
+
+
+def test_state_dict_round_trip_continues_identically(rng):
+    batches = make_batches(20, torch.float64, rng)
+    net = make_net(torch.float64)
+    resumed = copy.deepcopy(net)
+    train(net, LARS(net.parameters(), lr=0.5, nesterov=True), batches)
+
+    opt = LARS(resumed.parameters(), lr=0.5, nesterov=True)
+    train(resumed, opt, batches[:10])
+    blob = io.BytesIO()
+    torch.save({"model": resumed.state_dict(), "opt": opt.state_dict()}, blob)
+    blob.seek(0)
+    saved = torch.load(blob)
+    fresh = make_net(torch.float64, seed=99)
+    fresh.load_state_dict(saved["model"])
+    fresh_opt = LARS(fresh.parameters(), lr=0.5, nesterov=True)
+    fresh_opt.load_state_dict(saved["opt"])
+    assert all("momentum_buffer" in fresh_opt.state[p] for p in fresh.parameters())
+    train(fresh, fresh_opt, batches[10:])
+    for a, b in zip(net.parameters(), fresh.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_grad_scaler_steps_and_skips_on_inf(rng):
+    batches = make_batches(4, torch.float32, rng)
+    net = make_net(torch.float32)
+    ref_net = copy.deepcopy(net)
+    opt = LARS(net.parameters(), lr=0.5)
+    ref_opt = LARSReference(ref_net.parameters(), lr=0.5)
+    scalers = [torch.amp.GradScaler("cpu", init_scale=2.0**10) for _ in range(2)]
+    for x, y in batches:
+        for model, o, scaler in ((net, opt, scalers[0]), (ref_net, ref_opt, scalers[1])):
+            o.zero_grad()
+            scaler.scale(((model(x) - y) ** 2).mean()).backward()
+            scaler.unscale_(o)
+            scaler.step(o)
+            scaler.update()
+    assert_nets_close(net, ref_net, rtol=1e-5, atol=1e-6)
+
+    # An inf gradient: the scaler must skip the step (weights and momentum unchanged) and back off.
+    scaler = scalers[0]
+    x, y = batches[0]
+    weights = [p.detach().clone() for p in net.parameters()]
+    buffers = [opt.state[p]["momentum_buffer"].clone() for p in net.parameters()]
+    scale = scaler.get_scale()
+    opt.zero_grad()
+    scaler.scale(((net(x) - y) ** 2).mean()).backward()
+    net.fc1.weight.grad[0, 0] = float("inf")
+    scaler.unscale_(opt)
+    scaler.step(opt)
+    scaler.update()
+    assert scaler.get_scale() < scale
+    for p, w, v in zip(net.parameters(), weights, buffers):
+        assert torch.equal(p, w)
+        assert torch.equal(opt.state[p]["momentum_buffer"], v)
+
+
+def test_closure_returns_loss(rng):
+    net = make_net(torch.float64)
+    opt = LARS(net.parameters(), lr=0.1)
+    x, y = make_batches(1, torch.float64, rng)[0]
+
+    def closure():
+        opt.zero_grad()
+        loss = ((net(x) - y) ** 2).mean()
+        loss.backward()
+        return loss
+
+    assert torch.is_tensor(opt.step(closure))
+
+
+@pytest.mark.parametrize("kwargs, word", [
+    (dict(lr=-1.0), "lr"),
+    (dict(lr=float("nan")), "lr"),
+    (dict(lr=torch.tensor(0.1)), "lr"),
+    (dict(lr=0.1, momentum=-0.5), "momentum"),
+    (dict(lr=0.1, weight_decay=-1e-4), "weight_decay"),
+    (dict(lr=0.1, trust_coefficient=-1.0), "trust_coefficient"),
+    (dict(lr=0.1, eps=-1e-8), "eps"),
+    (dict(lr=0.0, clip=True), "lr"),
+])
+def test_bad_arguments_raise_value_error(kwargs, word):
+    with pytest.raises(ValueError, match=word):
+        LARS([nn.Parameter(torch.ones(2, 2))], **kwargs)
+
+
+def test_bad_group_override_and_sparse_gradient():
+    with pytest.raises(ValueError, match="lars_exclude"):
+        LARS([{"params": [nn.Parameter(torch.ones(2, 2))], "lars_exclude": "yes"}], lr=0.1)
+    emb = nn.Embedding(5, 3, sparse=True)
+    emb(torch.tensor([1, 2])).sum().backward()
+    with pytest.raises(ValueError, match="sparse"):
+        LARS(emb.parameters(), lr=0.1).step()
+
+
+@pytest.mark.cuda
+def test_cuda_matches_reference_without_host_sync(rng):
+    net = make_net(torch.float32).cuda()
+    ref_net = copy.deepcopy(net)
+    batches = [(x.cuda(), y.cuda()) for x, y in make_batches(8, torch.float32, rng)]
+    opt = LARS(net.parameters(), lr=0.5, nesterov=True)
+    train(net, opt, batches[:2])  # first steps allocate buffers and copy the segment index
+    train(ref_net, LARSReference(ref_net.parameters(), lr=0.5, nesterov=True), batches)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for x, y in batches[2:]:
+            opt.zero_grad(set_to_none=True)
+            ((net(x) - y) ** 2).mean().backward()
+            opt.step()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert_nets_close(net, ref_net, rtol=1e-4, atol=1e-5)
