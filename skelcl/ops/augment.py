@@ -189,7 +189,7 @@ def _views(x: Tensor, angles: Tensor, shift: Tensor, center_joint: int, backend:
     for k in range(angles.shape[0]):
         per_frame = angles.shape[2] > 1 or shift.shape[2] > 1
         a = angles[k].expand(-1, n_frames, -1) if per_frame else angles[k, :, 0]
-        s = shift[k] if per_frame else shift[k, :, 0]
+        s = shift[k] if shift.shape[2] > 1 else shift[k, :, 0]
         views.append(reference.view_transform(xa, a, s, center_joint=center_joint, per_frame=per_frame))
     return torch.stack(views).to(x.dtype)
 
