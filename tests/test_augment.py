@@ -40,7 +40,8 @@ def make_params(gen, n, t, per_frame, per_frame_shift=True):
 
 
 def assert_matches_reference(out, x, angles, shift, per_frame, center_joint=1):
-    expect = reference.view_transform(x.double(), angles, shift, center_joint=center_joint, per_frame=per_frame)
+    expect = reference.view_transform(x.double(), angles, shift, center_joint=center_joint,
+                                      per_frame=per_frame)
     assert out.dtype == x.dtype and out.shape == x.shape
     tol = REL_TOL[x.dtype] * max(1.0, float(expect.abs().max()))
     torch.testing.assert_close(out.double(), expect, rtol=0, atol=tol)
@@ -50,7 +51,9 @@ def assert_matches_reference(out, x, angles, shift, per_frame, center_joint=1):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("n, t, v, m, per_frame", [(3, 7, 5, 2, False), (4, 5, 3, 1, True), (1, 9, 25, 2, True)])
+@pytest.mark.parametrize(
+    "n, t, v, m, per_frame", [(3, 7, 5, 2, False), (4, 5, 3, 1, True), (1, 9, 25, 2, True)]
+)
 def test_matches_reference(backend, dtype, n, t, v, m, per_frame, rng):
     x = make_x(rng, n, t, v, m, dtype=dtype)
     angles, shift = make_params(rng, n, t, per_frame)
@@ -105,7 +108,8 @@ def test_geometric_properties(backend, rng):
     # The inverse transform x = R^T y + c + d recovers x in every present slot.
     rot = reference.rotation_matrix(angles)  # (N, T, 3, 3)
     centre = reference.body_center(x, 1)
-    back = torch.einsum("ntji,njtvm->nitvm", rot, out) + (centre[:, None] + shift).permute(0, 2, 1)[..., None, None]
+    offset = (centre[:, None] + shift).permute(0, 2, 1)[..., None, None]  # (N, 3, T, 1, 1)
+    back = torch.einsum("ntji,njtvm->nitvm", rot, out) + offset
     torch.testing.assert_close(torch.where(keep[:, None, :, None, :], back, 0.0), x)
     # Zero angles and shift: centring only.
     zero = torch.zeros(4, 3, dtype=torch.float64)
@@ -231,7 +235,8 @@ def test_cuda_two_views_triton_matches_reference():
     gen = torch.Generator(device="cuda").manual_seed(0)
     from skelcl.views import get_sampler
 
-    (a1, s1), (a2, s2) = (get_sampler("paper-frame").sample(37, 61, device="cuda", generator=gen) for _ in range(2))
+    sampler = get_sampler("paper-frame")
+    (a1, s1), (a2, s2) = (sampler.sample(37, 61, device="cuda", generator=gen) for _ in range(2))
     assert_matches_reference(x1, x, a1.double(), s1.double(), True)
     assert_matches_reference(x2, x, a2.double(), s2.double(), True)
     fn = torch.compile(lambda x, a, s: view_augment(x, a, s, backend="triton"), fullgraph=True)
