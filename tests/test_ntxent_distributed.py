@@ -1,0 +1,74 @@
+"""NT-Xent across 2 gloo ranks on CPU: loss and gradients equal one process on the whole batch."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from skelcl import reference as ref
+
+pytestmark = pytest.mark.distributed
+
+WORLD = 2
+N_PER_RANK = 5
+DIM = 24
+TAU = 0.1
+
+
+def _global_batch(dtype):
+    g = torch.Generator().manual_seed(99)
+    z1 = torch.randn(WORLD * N_PER_RANK, DIM, generator=g, dtype=torch.float64).to(dtype)
+    z2 = torch.randn(WORLD * N_PER_RANK, DIM, generator=g, dtype=torch.float64).to(dtype)
+    return z1, z2
+
+
+def _worker(rank, init_file, cases):
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
+    try:
+        for backend, dtype, tol in cases:
+            _check_rank(rank, backend, dtype, tol)
+    finally:
+        dist.destroy_process_group()
+
+
+def _check_rank(rank, backend, dtype, tol):
+    from skelcl.ops import ntxent_loss
+
+    z1, z2 = _global_batch(dtype)
+    a = z1.double().requires_grad_()
+    b = z2.double().requires_grad_()
+    want = ref.ntxent_loss(a, b, TAU)
+    want.backward()
+
+    rows = slice(rank * N_PER_RANK, (rank + 1) * N_PER_RANK)
+    l1 = z1[rows].clone().requires_grad_()
+    l2 = z2[rows].clone().requires_grad_()
+    loss = ntxent_loss(l1, l2, TAU, backend=backend)  # the default group: WORLD
+    loss.backward()
+    scale = a.grad.abs().max().item()
+    assert abs(loss.double().item() - want.item()) <= tol * max(want.item(), 1.0), (backend, dtype)
+    assert (l1.grad.double() - a.grad[rows]).abs().max().item() <= tol * scale
+    assert (l2.grad.double() - b.grad[rows]).abs().max().item() <= tol * scale
+
+    # Bad input on one rank only: every rank raises instead of hanging in a collective.
+    bad = z1[rows].clone()
+    if rank == 1:
+        bad[0, 0] = float("nan")
+    try:
+        ntxent_loss(bad, z2[rows], TAU, backend=backend)
+    except ValueError as err:
+        assert "NaN or Inf" in str(err)
+    else:
+        raise AssertionError("NaN on rank 1 was not reported")
+
+
+def test_two_ranks_equal_one_process(tmp_path):
+    # One spawn for every case: starting the ranks costs more than the checks.
+    cases = [("cpu", torch.float32, 2e-5), ("cpu", torch.bfloat16, 3e-2)]
+    if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") == "1":
+        cases.append(("triton", torch.float32, 2e-5))  # the interpreter setting reaches the ranks
+    mp.spawn(_worker, args=(str(tmp_path / "dist_init"), cases), nprocs=WORLD, join=True)
