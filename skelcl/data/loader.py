@@ -116,8 +116,9 @@ class BatchLoader:
         batches = self.batch_indices(epoch)[start_batch:]
         if self.prefetch == 0:
             for idx in batches:
-                yield self._to_device(self._gather(idx))
-                self._next_batch += 1
+                batch = self._to_device(self._gather(idx))
+                self._next_batch += 1  # counted when handed out: a checkpoint taken now resumes after it
+                yield batch
             return
         q: queue.Queue = queue.Queue(maxsize=self.prefetch)
         stop = threading.Event()
@@ -147,8 +148,9 @@ class BatchLoader:
                     break
                 if isinstance(item, BaseException):
                     raise item
-                yield self._to_device(item)
+                batch = self._to_device(item)
                 self._next_batch += 1
+                yield batch
         finally:
             stop.set()
             worker.join()
