@@ -81,7 +81,8 @@ def test_exact_resume():
 def test_rank_partition(drop_last):
     data = _data(n=23)
     world = 3
-    loaders = [BatchLoader(data, 2, seed=4, rank=r, world_size=world, drop_last=drop_last) for r in range(world)]
+    loaders = [BatchLoader(data, 2, seed=4, rank=r, world_size=world, drop_last=drop_last)
+               for r in range(world)]
     assert len({len(ld) for ld in loaders}) == 1
     parts = [ld.indices(1) for ld in loaders]
     assert len({len(p) for p in parts}) == 1
