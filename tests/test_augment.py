@@ -12,8 +12,14 @@ from skelcl.ops import augment as aug
 from skelcl.ops import two_views, view_augment
 
 BACKENDS = ["torch", "cpu", pytest.param("triton", marks=pytest.mark.triton)]
+HAS_CUDA = torch.cuda.is_available()
 # Output rounding of each dtype, relative to the largest output value.
 REL_TOL = {torch.float64: 1e-12, torch.float32: 2e-6, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
+
+
+def device_of(backend: str) -> str:
+    """Triton runs on CUDA when there is a GPU, else on CPU tensors through the interpreter."""
+    return "cuda" if backend == "triton" and HAS_CUDA else "cpu"
 
 
 def make_x(gen, n, t, v, m, *, dtype=torch.float64):
@@ -40,7 +46,8 @@ def make_params(gen, n, t, per_frame, per_frame_shift=True):
 
 
 def assert_matches_reference(out, x, angles, shift, per_frame, center_joint=1):
-    expect = reference.view_transform(x.double(), angles, shift, center_joint=center_joint,
+    out, x, angles, shift = (a.cpu() for a in (out, x, angles, shift))
+    expect = reference.view_transform(x.double(), angles.double(), shift.double(), center_joint=center_joint,
                                       per_frame=per_frame)
     assert out.dtype == x.dtype and out.shape == x.shape
     tol = REL_TOL[x.dtype] * max(1.0, float(expect.abs().max()))
@@ -55,7 +62,7 @@ def assert_matches_reference(out, x, angles, shift, per_frame, center_joint=1):
     "n, t, v, m, per_frame", [(3, 7, 5, 2, False), (4, 5, 3, 1, True), (1, 9, 25, 2, True)]
 )
 def test_matches_reference(backend, dtype, n, t, v, m, per_frame, rng):
-    x = make_x(rng, n, t, v, m, dtype=dtype)
+    x = make_x(rng, n, t, v, m, dtype=dtype).to(device_of(backend))
     angles, shift = make_params(rng, n, t, per_frame)
     out = view_augment(x, angles, shift, per_frame=per_frame, backend=backend)
     assert_matches_reference(out, x, angles, shift, per_frame)
@@ -64,7 +71,7 @@ def test_matches_reference(backend, dtype, n, t, v, m, per_frame, rng):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_non_contiguous_x_and_other_centre(backend, rng):
     base = make_x(rng, 3, 11, 7, 2).permute(0, 2, 3, 4, 1).contiguous()  # (N, T, V, M, 3)
-    x = base.permute(0, 4, 1, 2, 3)[:, :, ::2]  # (N, 3, 6, 7, 2), channels last, strided T
+    x = base.to(device_of(backend)).permute(0, 4, 1, 2, 3)[:, :, ::2]  # (N, 3, 6, 7, 2), strided
     assert not x.is_contiguous()
     angles, shift = make_params(rng, 3, 6, per_frame=True, per_frame_shift=False)
     out = view_augment(x.float(), angles, shift, per_frame=True, center_joint=6, backend=backend)
@@ -81,15 +88,16 @@ def test_backward_matches_reference_autograd(backend, rng):
     for dtype in (torch.float64, torch.float32):
         xr = x.detach().clone().requires_grad_()
         reference.view_transform(xr, angles, shift, per_frame=True).backward(grad)
-        xo = x.detach().to(dtype).clone().requires_grad_()
-        view_augment(xo, angles, shift, per_frame=True, backend=backend).backward(grad.to(dtype))
+        dev = device_of(backend)
+        xo = x.detach().to(dev, dtype).clone().requires_grad_()
+        view_augment(xo, angles, shift, per_frame=True, backend=backend).backward(grad.to(dev, dtype))
         assert xo.grad.dtype == dtype
-        torch.testing.assert_close(xo.grad.double(), xr.grad, rtol=0, atol=REL_TOL[dtype] * 50)
+        torch.testing.assert_close(xo.grad.double().cpu(), xr.grad, rtol=0, atol=REL_TOL[dtype] * 50)
 
 
 @pytest.mark.parametrize("backend", ["cpu", pytest.param("triton", marks=pytest.mark.triton)])
 def test_gradcheck(backend, rng):
-    x = make_x(rng, 3, 4, 2, 2)
+    x = make_x(rng, 3, 4, 2, 2).to(device_of(backend))
     present = x != 0  # perturb only present entries: the present mask is piecewise constant
     angles, shift = make_params(rng, 3, 4, per_frame=False)
     fn = lambda d: view_augment(torch.where(present, d, 0.0), angles, shift, backend=backend)
@@ -100,7 +108,7 @@ def test_gradcheck(backend, rng):
 def test_geometric_properties(backend, rng):
     x = make_x(rng, 4, 6, 5, 2)
     angles, shift = make_params(rng, 4, 6, per_frame=True)
-    out = view_augment(x, angles, shift, per_frame=True, backend=backend)
+    out = view_augment(x.to(device_of(backend)), angles, shift, per_frame=True, backend=backend).cpu()
     # Bone lengths (any joint pair of one person in one frame) are preserved.
     bone = lambda y: (y[:, :, :, 0] - y[:, :, :, 3]).norm(dim=1)
     keep = reference.present_mask(x)
@@ -113,7 +121,7 @@ def test_geometric_properties(backend, rng):
     torch.testing.assert_close(torch.where(keep[:, None, :, None, :], back, 0.0), x)
     # Zero angles and shift: centring only.
     zero = torch.zeros(4, 3, dtype=torch.float64)
-    out = view_augment(x, zero, zero, backend=backend)
+    out = view_augment(x.to(device_of(backend)), zero, zero, backend=backend).cpu()
     centred = torch.where(keep[:, None, :, None, :], x - centre[:, :, None, None, None], 0.0)
     torch.testing.assert_close(out, centred)
 
@@ -121,23 +129,24 @@ def test_geometric_properties(backend, rng):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_two_views_equal_two_single_views(backend):
     gen = torch.Generator().manual_seed(5)
-    x = make_x(gen, 3, 5, 4, 2, dtype=torch.float32)
+    dev = device_of(backend)
+    x = make_x(gen, 3, 5, 4, 2, dtype=torch.float32).to(dev)
     for sampler in ("paper", "paper-frame"):
         x1, x2 = two_views(x, sampler, seed=7, backend=backend)
         again = two_views(x, sampler, seed=7, backend=backend)
         assert torch.equal(x1, again[0]) and torch.equal(x2, again[1])
         from skelcl.views import get_sampler
 
-        g = torch.Generator().manual_seed(7)
-        (a1, s1), (a2, s2) = (get_sampler(sampler).sample(3, 5, generator=g) for _ in range(2))
+        g = torch.Generator(device=dev).manual_seed(7)
+        (a1, s1), (a2, s2) = (get_sampler(sampler).sample(3, 5, device=dev, generator=g) for _ in range(2))
         pf = get_sampler(sampler).frame_level
         assert_matches_reference(x1, x, a1, s1, pf)
         assert_matches_reference(x2, x, a2, s2, pf)
         assert not torch.equal(x1, x2)
-    n1, n2 = two_views(x, "none", generator=torch.Generator().manual_seed(0), backend=backend)
+    n1, n2 = two_views(x, "none", generator=torch.Generator(device=dev).manual_seed(0), backend=backend)
     zero = torch.zeros(3, 3)
     assert torch.equal(n1, n2)
-    torch.testing.assert_close(n1, view_augment(x, zero, zero, backend="torch"))
+    torch.testing.assert_close(n1.cpu(), view_augment(x.cpu(), zero, zero, backend="torch"))
 
 
 @pytest.mark.parametrize(
