@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# One prepared run on a GPU machine (<= 8 minutes): environment, GPU tests, then the benchmark report.
+#   bash bench/gpu_check.sh OUT_DIR
+# Run from anywhere; uses the checkout (PYTHONPATH=repo root) and installs nothing.
+# Exits non-zero only if a step crashed or was killed by its time limit; failing tests are
+# reported in OUT_DIR/tests.log and the summary, not as a crash.
+set -u
+OUT="${1:?usage: bash bench/gpu_check.sh OUT_DIR}"
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+mkdir -p "$OUT"
+OUT="$(cd "$OUT" && pwd)"
+cd "$ROOT"
+export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+PY="${PYTHON:-python}"
+TEST_LIMIT="${TEST_LIMIT:-200}"       # seconds for the GPU tests
+REPORT_LIMIT="${REPORT_LIMIT:-240}"   # seconds for all benchmark modules together
+crashed=0
+
+echo "== environment" | tee "$OUT/env.txt"
+{ nvidia-smi -L 2>&1 || echo "nvidia-smi not available"
+  "$PY" -c 'import sys, torch; print("python", sys.version.split()[0]); print("torch", torch.__version__, "cuda", torch.version.cuda, "available", torch.cuda.is_available()); print("device", torch.cuda.get_device_name() if torch.cuda.is_available() else "none")'
+  "$PY" -c 'import triton; print("triton", triton.__version__)' 2>&1
+  git -C "$ROOT" log -1 --format='commit %H %cd' 2>/dev/null; } 2>&1 | tee -a "$OUT/env.txt"
+
+echo "== GPU tests (limit ${TEST_LIMIT}s) -> $OUT/tests.log"
+timeout -k 10 "$TEST_LIMIT" "$PY" -m pytest tests -x -q -m "cuda or triton" -p no:cacheprovider \
+    > "$OUT/tests.log" 2>&1
+rc=$?
+tail -n 25 "$OUT/tests.log"
+case $rc in
+  0|1|5) echo "tests: pytest exit status $rc (0 passed, 1 failures, 5 none collected)";;
+  124|137) echo "tests: killed after ${TEST_LIMIT}s"; crashed=1;;
+  *) echo "tests: pytest crashed (exit status $rc)"; crashed=1;;
+esac
+echo "$rc" > "$OUT/tests.rc"
+
+echo "== benchmarks (limit ${REPORT_LIMIT}s) -> $OUT/results.md"
+timeout -k 10 "$((REPORT_LIMIT + 30))" "$PY" bench/gpu_report.py "$OUT" --isolate --module-timeout 90 \
+    --budget "$REPORT_LIMIT" \
+    2>&1 | tee "$OUT/report.log"
+rc=${PIPESTATUS[0]}
+if [ "$rc" -ne 0 ]; then echo "report: exit status $rc"; crashed=1; fi
+
+echo "== done: crashed=$crashed; files in $OUT"
+exit "$crashed"
