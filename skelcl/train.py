@@ -1,0 +1,533 @@
+"""Contrastive pretraining (SimCLR / NT-Xent on two virtual-camera views), then linear evaluation.
+
+    python -m skelcl.train [--amp] [--views moderate] [--out runs/x]          # one process
+    torchrun --nproc_per_node=K -m skelcl.train ...                           # data parallel
+
+One training step, all on the training device and without per-sample Python: a raw batch from
+the loader (which prefetches in the background, so loading overlaps compute) -> temporal sampling
+-> two random virtual-camera views -> encoder + projection on both views in one forward pass ->
+NT-Xent (global negatives under DDP) -> LARS with linear warm-up and cosine decay.
+
+After pretraining the main process evaluates the pretrained encoder and a randomly initialised one
+of the same architecture (linear probe and kNN, ``skelcl.evaluate``) and writes the run directory
+(``skelcl.runlog``). ``--resume`` continues from the run directory's last checkpoint; with the same
+seed the result equals that of an uninterrupted run.
+
+CPU defaults (the synthetic set, a narrow ST-GCN, a few epochs) were chosen by measurement so the
+whole command, data generation and both evaluations included, takes under 10 minutes on 2 cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from skelcl.runlog import RunLog
+
+__all__ = ["TrainConfig", "NonFiniteLossError", "run", "main"]
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or Inf; the last good checkpoint is kept."""
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run depends on; written to RUN_DIR/config.json and into every checkpoint."""
+
+    # data
+    data: str = "synthetic"  # "synthetic" or a path understood by skelcl.data.load_dataset
+    synthetic: dict | None = None  # keyword arguments of the synthetic generator
+    benchmark: str = "xview"
+    layout: str | None = None  # None: the data's own layout
+    frames: int = 32  # frames per sequence after temporal sampling
+    # model
+    model: str = "stgcn-quarter"
+    width: int | None = None  # channels of the first encoder block (None: the model's default)
+    depth: int | None = None  # encoder blocks / layers (None: the model's default)
+    proj_dim: int = 128
+    # optimisation
+    epochs: int = 20
+    batch_size: int = 128  # global batch (split evenly across ranks)
+    lr: float | None = None  # None: scaled_lr(base_lr, batch_size, rule=lr_rule)
+    base_lr: float = 0.3  # learning rate at batch 256 (SimCLR's 0.3 * B / 256)
+    lr_rule: str = "linear"  # "linear" or "sqrt" batch scaling
+    weight_decay: float = 1e-6
+    warmup_epochs: float = 1.0
+    temperature: float = 0.1
+    views: str = "moderate"  # a skelcl.views preset, "none" for no view augmentation
+    amp: bool = False
+    compile: bool = False
+    seed: int = 0
+    device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1" (DDP always uses its local device)
+    # run directory and bookkeeping
+    out: str = "runs/default"
+    resume: bool = False
+    checkpoint_every: int = 0  # steps between checkpoints (0: at the end of every epoch only)
+    log_every: int = 10  # steps between metric records (and NaN checks)
+    stop_after_steps: int | None = None  # stop abruptly after this step (interrupted-run tests)
+    progress: bool = True
+    tensorboard: bool = True
+    # evaluation after pretraining
+    evaluate: bool = True
+    probe_epochs: int = 100
+    probe_optimizer: str = "adam"
+    knn_k: int = 20
+    eval_batch_size: int = 256
+    extra: dict = field(default_factory=dict)  # free-form notes carried into the summary
+
+    def validate(self) -> None:
+        positive = ("frames", "epochs", "batch_size", "proj_dim", "log_every", "probe_epochs",
+                    "knn_k", "eval_batch_size")
+        for name in positive:
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        if self.checkpoint_every < 0:
+            raise ValueError(f"checkpoint_every must be >= 0, got {self.checkpoint_every}")
+        if self.lr is not None and not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"lr must be a positive finite number, got {self.lr}")
+        if not (self.base_lr > 0 and math.isfinite(self.base_lr)):
+            raise ValueError(f"base_lr must be a positive finite number, got {self.base_lr}")
+        if self.lr_rule not in ("linear", "sqrt"):
+            raise ValueError(f"lr_rule must be 'linear' or 'sqrt', got {self.lr_rule!r}")
+        if self.width is not None and self.width < 1:
+            raise ValueError(f"width must be >= 1, got {self.width}")
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if self.warmup_epochs < 0:
+            raise ValueError(f"warmup_epochs must be >= 0, got {self.warmup_epochs}")
+        if self.stop_after_steps is not None and self.stop_after_steps < 1:
+            raise ValueError(f"stop_after_steps must be >= 1, got {self.stop_after_steps}")
+        if self.probe_optimizer not in ("adam", "sgd"):
+            raise ValueError(f"probe_optimizer must be 'adam' or 'sgd', got {self.probe_optimizer!r}")
+
+    @classmethod
+    def from_dict(cls, values: dict) -> TrainConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"config has unknown keys {unknown}; known keys: {sorted(known)}")
+        return cls(**values)
+
+
+# ---------------------------------------------------------------------------------------------
+# building blocks
+
+
+def _load_data(cfg: TrainConfig):
+    """Load and split the data, failing with a clear message before any training starts."""
+    from skelcl.data import load_dataset
+
+    if cfg.data != "synthetic" and not os.path.exists(cfg.data):
+        raise ValueError(f"data path {cfg.data!r} does not exist")
+    try:
+        data = load_dataset(cfg.data, layout=cfg.layout,
+                            synthetic_kwargs=cfg.synthetic if cfg.data == "synthetic" else None)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"could not load data {cfg.data!r}: {exc}") from exc
+    train, test = data.train_test(cfg.benchmark)  # ValueError names the known benchmarks
+    if len(train) == 0 or len(test) == 0:
+        raise ValueError(f"benchmark {cfg.benchmark!r} leaves {len(train)} training and {len(test)} "
+                         "test sequences; both must be non-empty")
+    return data, train, test
+
+
+# channels of the first block of each encoder preset at width_multiplier 1
+_BASE_WIDTH = {"stgcn": 64, "stgcn-quarter": 16, "resnet10": 64, "resnet18": 64, "resnet34": 64}
+
+
+def encoder_spec(cfg: TrainConfig) -> dict:
+    """How to rebuild the encoder: ``build_encoder(spec['name'], layout=..., **spec['kwargs'])``."""
+    kwargs = {}
+    if cfg.width is not None:
+        if cfg.model not in _BASE_WIDTH:
+            raise ValueError(f"model must be one of {sorted(_BASE_WIDTH)}, got {cfg.model!r}")
+        kwargs["width_multiplier"] = cfg.width / _BASE_WIDTH[cfg.model]
+    if cfg.depth is not None:
+        kwargs["depth"] = cfg.depth
+    return {"name": cfg.model, "kwargs": kwargs}
+
+
+def _amp_settings(cfg: TrainConfig, device: torch.device) -> tuple[torch.dtype | None, bool, str]:
+    """(autocast dtype or None, use a GradScaler, note): bf16 where supported, else fp16 + scaler."""
+    if not cfg.amp:
+        return None, False, "fp32"
+    if device.type == "cuda":
+        if torch.cuda.is_bf16_supported():
+            return torch.bfloat16, False, "bf16 autocast"
+        return torch.float16, True, "fp16 autocast + GradScaler (no bf16 on this GPU)"
+    return torch.bfloat16, False, "bf16 autocast on CPU"
+
+
+def _barrier(world_size: int) -> None:
+    if world_size > 1:
+        from skelcl.dist import barrier
+
+        barrier()
+
+
+def _gather_objects(obj, world_size: int) -> list:
+    """Every rank's ``obj`` on every rank (checkpoints store each rank's random state)."""
+    if world_size == 1:
+        return [obj]
+    import torch.distributed as dist
+
+    out = [None] * world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def _rng_state(aug_gen: torch.Generator, device: torch.device) -> dict:
+    state = {"aug": aug_gen.get_state(), "torch": torch.random.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict, aug_gen: torch.Generator, device: torch.device) -> None:
+    aug_gen.set_state(state["aug"])
+    torch.random.set_rng_state(state["torch"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def contrastive_loss(model: nn.Module, x1, x2, temperature: float, group, amp_dtype) -> torch.Tensor:
+    """NT-Xent of the projections of both views; one forward pass over the 2N sequences."""
+    from skelcl.ops import ntxent_loss
+
+    with torch.autocast(x1.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+        z = model(torch.cat([x1, x2]))
+    z1, z2 = z.float().chunk(2)
+    return ntxent_loss(z1, z2, temperature, group=group)
+
+
+# ---------------------------------------------------------------------------------------------
+# the run
+
+
+def run(config: TrainConfig | dict) -> dict:
+    """Pretrain, evaluate, write the run directory; returns the summary (same on every rank)."""
+    cfg = config if isinstance(config, TrainConfig) else TrainConfig.from_dict(dict(config))
+    cfg.validate()
+    from skelcl.dist import cleanup, init_distributed
+
+    info = init_distributed()
+    try:
+        return _run(cfg, info)
+    finally:
+        cleanup()
+
+
+def _run(cfg: TrainConfig, info) -> dict:
+    from skelcl.data.loader import BatchLoader
+    from skelcl.data.temporal import sample_frames
+    from skelcl.evaluate import ProbeConfig, evaluate_encoder, random_encoder
+    from skelcl.models import ContrastiveModel, build_encoder
+    from skelcl.ops import two_views
+    from skelcl.optim import LARS, scaled_lr, warmup_cosine
+    from skelcl.views import get_sampler
+
+    rank, world = info.rank, info.world_size
+    device = info.device if world > 1 or cfg.device == "auto" else torch.device(cfg.device)
+    if cfg.batch_size % world:
+        raise ValueError(f"batch_size {cfg.batch_size} must be divisible by the {world} processes")
+    sampler = get_sampler(cfg.views)  # bad preset names fail here, before any work
+    data, train_set, test_set = _load_data(cfg)
+    layout = data.layout
+    if len(train_set) < cfg.batch_size:
+        raise ValueError(f"batch_size {cfg.batch_size} exceeds the {len(train_set)} training sequences")
+
+    log = RunLog(cfg.out, enabled=info.is_main, tensorboard=cfg.tensorboard)
+    amp_dtype, use_scaler, amp_note = _amp_settings(cfg, device)
+
+    torch.manual_seed(cfg.seed)  # same initial weights on every rank
+    spec = encoder_spec(cfg)
+    encoder = build_encoder(spec["name"], layout=layout, **spec["kwargs"])
+    model = ContrastiveModel(encoder, proj_dim=cfg.proj_dim)
+    if world > 1:
+        from skelcl.dist import convert_sync_batchnorm
+
+        model = convert_sync_batchnorm(model)
+    model = model.to(device)
+    raw_model = model
+
+    lr = cfg.lr if cfg.lr is not None else scaled_lr(cfg.base_lr, cfg.batch_size, rule=cfg.lr_rule)
+    opt = LARS(model.parameters(), lr=lr, weight_decay=cfg.weight_decay)
+    loader = BatchLoader(train_set, cfg.batch_size // world, shuffle=True, drop_last=True, seed=cfg.seed,
+                         rank=rank, world_size=world, device=device, pin_memory=device.type == "cuda",
+                         prefetch=2)
+    steps_per_epoch = len(loader)
+    total_steps = cfg.epochs * steps_per_epoch
+    warmup_steps = round(cfg.warmup_epochs * steps_per_epoch)
+    sched = warmup_cosine(opt, base_lr=lr, warmup_steps=warmup_steps, total_steps=total_steps)
+    scaler = torch.amp.GradScaler(device.type) if use_scaler else None
+    aug_gen = torch.Generator(device=device).manual_seed(cfg.seed * 1_000_003 + rank)
+
+    epoch, batch_in_epoch, step, pretrain_s, seen = 0, 0, 0, 0.0, 0
+    # every rank reads the checkpoint itself (torchrun's processes share the run directory)
+    state = RunLog(cfg.out, enabled=False).load_checkpoint(map_location=device) if cfg.resume else None
+    if cfg.resume:
+        if state is None:
+            print(f"--resume: no checkpoint in {cfg.out}, starting from scratch", file=sys.stderr)
+        else:
+            raw_model.load_state_dict(state["model"])
+            opt.load_state_dict(state["optimizer"])
+            sched.load_state_dict(state["scheduler"])
+            if scaler is not None and state.get("scaler"):
+                scaler.load_state_dict(state["scaler"])
+            _set_rng_state(state["rng"][rank], aug_gen, device)
+            epoch, batch_in_epoch, step = state["epoch"], state["batch"], state["step"]
+            pretrain_s, seen = state["pretrain_seconds"], state["sequences_seen"]
+            log.truncate_after(step)
+            if info.is_main:
+                print(f"resumed from {log.checkpoint_path} at step {step} "
+                      f"(epoch {epoch}, batch {batch_in_epoch})")
+    resolved = dataclasses.asdict(cfg) | {"lr_resolved": lr, "world_size": world, "device": str(device),
+                                          "layout_resolved": layout, "amp_mode": amp_note,
+                                          "steps_per_epoch": steps_per_epoch, "total_steps": total_steps,
+                                          "train_sequences": len(train_set), "test_sequences": len(test_set)}
+    log.write_config(resolved)
+    if info.is_main:
+        print(f"pretraining {cfg.model} on {cfg.data}/{cfg.benchmark}: {len(train_set)} sequences, "
+              f"{cfg.epochs} epochs x {steps_per_epoch} steps, batch {cfg.batch_size}, lr {lr:.4g}, "
+              f"views {cfg.views!r}, {amp_note}, {world} process(es) on {device}")
+
+    if world > 1:
+        model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    step_model = torch.compile(model) if cfg.compile else model
+    group = None
+    if world > 1:
+        import torch.distributed as dist
+
+        group = dist.group.WORLD
+
+    def checkpoint(next_epoch: int, next_batch: int) -> None:
+        rng = _gather_objects(_rng_state(aug_gen, device), world)
+        if info.is_main:
+            log.save_checkpoint({
+                "model": raw_model.state_dict(), "encoder": raw_model.encoder.state_dict(),
+                "encoder_spec": spec, "layout": layout, "config": dataclasses.asdict(cfg),
+                "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                "scaler": scaler.state_dict() if scaler is not None else None, "rng": rng,
+                "epoch": next_epoch, "batch": next_batch, "step": step,
+                "pretrain_seconds": pretrain_s, "sequences_seen": seen,
+            })
+
+    progress = None
+    if info.is_main and cfg.progress:
+        from tqdm.auto import tqdm
+
+        progress = tqdm(total=total_steps, initial=step, unit="step", dynamic_ncols=True, desc="pretrain")
+
+    pending: list[tuple[int, torch.Tensor]] = []  # (step, loss) not yet checked: avoids a sync per step
+
+    last_loss = [float("nan")]
+
+    def flush(t_last: float, seen_last: int) -> None:
+        """Check the pending losses for NaN/Inf and write one metrics record."""
+        if not pending:
+            return
+        values = torch.stack([loss for _, loss in pending]).tolist()
+        for (s, _), v in zip(pending, values):
+            if not math.isfinite(v):
+                kept = f"{log.checkpoint_path} is the last good checkpoint" if os.path.isfile(
+                    log.checkpoint_path) else "no checkpoint was written yet"
+                raise NonFiniteLossError(f"loss is {v} at step {s} (epoch {epoch}); stopping. {kept}")
+        dt = max(time.perf_counter() - t_last, 1e-9)
+        last_loss[0] = sum(values) / len(values)
+        log.log({"kind": "train", "step": pending[-1][0], "epoch": epoch, "loss": last_loss[0],
+                 "lr": opt.param_groups[0]["lr"], "seq_per_s": (seen - seen_last) / dt})
+        pending.clear()
+        if progress is not None:
+            progress.set_postfix(loss=f"{last_loss[0]:.4f}", seq_s=f"{(seen - seen_last) / dt:.0f}")
+
+
+    stopped = False
+    model.train()
+    while epoch < cfg.epochs and not stopped:
+        t_last, seen_last = time.perf_counter(), seen
+        t_prev = time.perf_counter()
+        for x, _y, lengths in loader.iter_from(epoch, batch_in_epoch):
+            x = sample_frames(x, lengths, cfg.frames, generator=aug_gen, random_crop=True)
+            x1, x2 = two_views(x, sampler, generator=aug_gen)
+            loss = contrastive_loss(step_model, x1, x2, cfg.temperature, group, amp_dtype)
+            # Each rank's backward already yields its share of the exact global-loss gradient
+            # (skelcl.ops.ntxent_loss with a group); DDP averages over ranks, so scale by the
+            # world size to turn that average into the sum.
+            opt.zero_grad(set_to_none=True)
+            to_backprop = loss * world if world > 1 else loss
+            if scaler is not None:
+                scaler.scale(to_backprop).backward()
+                scaler.step(opt)
+                scaler.update()
+            else:
+                to_backprop.backward()
+                opt.step()
+            sched.step()
+            step += 1
+            batch_in_epoch += 1
+            seen += cfg.batch_size
+            pending.append((step, loss.detach()))
+            if step % cfg.log_every == 0:
+                flush(t_last, seen_last)
+                t_last, seen_last = time.perf_counter(), seen
+            if progress is not None:
+                progress.update(1)
+            now = time.perf_counter()
+            pretrain_s += now - t_prev  # includes any wait for the loader, excludes checkpoint writes
+            t_prev = now
+            if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and batch_in_epoch < steps_per_epoch:
+                flush(t_last, seen_last)
+                checkpoint(epoch, batch_in_epoch)
+                t_prev = time.perf_counter()
+            if cfg.stop_after_steps is not None and step >= cfg.stop_after_steps:
+                stopped = True  # an interruption: no checkpoint, no evaluation
+                break
+        if stopped:
+            break
+        flush(t_last, seen_last)
+        epoch, batch_in_epoch = epoch + 1, 0
+        checkpoint(epoch, 0)
+    if progress is not None:
+        progress.close()
+    if stopped:
+        log.close()
+        return {"stopped_at_step": step}
+    summary = {
+        "data": cfg.data, "benchmark": cfg.benchmark, "split": cfg.benchmark, "layout": layout,
+        "model": cfg.model, "views": cfg.views, "epochs": cfg.epochs, "batch_size": cfg.batch_size,
+        "steps": step, "world_size": world, "device": str(device), "amp": amp_note,
+        "train_sequences": len(train_set), "test_sequences": len(test_set),
+        "pretrain_seconds": pretrain_s, "sequences_per_second": seen / max(pretrain_s, 1e-9),
+        "final_loss": last_loss[0],
+    } | ({"extra": cfg.extra} if cfg.extra else {})
+
+    if cfg.evaluate and info.is_main:
+        probe = ProbeConfig(epochs=cfg.probe_epochs, optimizer=cfg.probe_optimizer, knn_k=cfg.knn_k,
+                            seed=cfg.seed)
+        plain = build_encoder(spec["name"], layout=layout, **spec["kwargs"]).to(device)
+        plain.load_state_dict(raw_model.encoder.state_dict())  # a plain copy: no SyncBN/DDP wrappers
+        results = {}
+        for name, enc in (("pretrained", plain), ("random-init", random_encoder(spec, layout, cfg.seed))):
+            def on_epoch(rec, name=name):
+                log.log({"kind": "linear", "encoder": name, "step": step, **rec})
+
+            results[name] = evaluate_encoder(enc.to(device), train_set, test_set, frames=cfg.frames,
+                                             batch_size=cfg.eval_batch_size, device=device, probe=probe,
+                                             on_epoch=on_epoch)
+        pre, rnd = results["pretrained"], results["random-init"]
+        summary |= {
+            "linear_top1": pre["linear_top1"], "random_init_linear_top1": rnd["linear_top1"],
+            "knn_top1": pre["knn_top1"], "random_init_knn_top1": rnd["knn_top1"],
+            "linear_best_epoch_top1": pre["linear_best_epoch_top1"],
+            "random_init_linear_best_epoch_top1": rnd["linear_best_epoch_top1"],
+            "linear_train_top1": pre["linear_train_top1"], "probe": dataclasses.asdict(probe),
+            "eval_seconds": pre["eval_seconds"] + rnd["eval_seconds"],
+        }
+        print(f"linear top-1 on the {cfg.benchmark} test split (final probe epoch): "
+              f"pretrained {pre['linear_top1']:.2f}%  vs  random-init {rnd['linear_top1']:.2f}%  "
+              f"({pre['linear_top1'] - rnd['linear_top1']:+.2f} points)")
+        print(f"kNN top-1 (k={cfg.knn_k}): pretrained {pre['knn_top1']:.2f}%  vs  random-init "
+              f"{rnd['knn_top1']:.2f}%")
+    if info.is_main:
+        print(f"pretraining: {pretrain_s:.1f} s, {summary['sequences_per_second']:.0f} sequences/s; "
+              f"run directory {cfg.out}")
+    log.write_summary(summary)
+    log.plot()
+    log.close()
+    _barrier(world)
+    return summary
+
+
+# ---------------------------------------------------------------------------------------------
+# command line
+
+
+def _parser() -> argparse.ArgumentParser:
+    d = TrainConfig()
+    p = argparse.ArgumentParser(prog="python -m skelcl.train", description=__doc__.split("\n\n")[0])
+    a = p.add_argument
+    a("--data", default=d.data, help="'synthetic' or a dataset file/directory (ST-GCN .npy, CTR-GCN .npz, "
+                                     "pyskl .pkl, raw .skeleton folder)")
+    a("--benchmark", default=d.benchmark, help="split: xview, xsub, xsub60, xview60, xsub120, xset120, given")
+    a("--layout", default=None, help="joint layout (ntu25, kinect20, coco17); default: the data's")
+    a("--frames", type=int, default=d.frames, help="frames per sequence after temporal sampling")
+    a("--model", default=d.model, help="encoder: stgcn, stgcn-quarter, resnet10, resnet18, resnet34")
+    a("--width", type=int, default=None, help="channels of the first encoder block (stgcn-quarter: 16)")
+    a("--depth", type=int, default=None, help="encoder depth")
+    a("--epochs", type=int, default=d.epochs)
+    a("--batch-size", type=int, default=d.batch_size, help="global batch size")
+    a("--lr", type=float, default=None, help="LARS learning rate (default: scaled to the batch size)")
+    a("--base-lr", type=float, default=d.base_lr, help="learning rate at batch 256, scaled to --batch-size")
+    a("--lr-rule", choices=["linear", "sqrt"], default=d.lr_rule)
+    a("--temperature", type=float, default=d.temperature)
+    a("--views", default=d.views, help="view preset: paper, paper-frame, moderate, no-gamma, no-beta, "
+                                       "no-alpha, distance-only, none")
+    a("--amp", action="store_true", help="bfloat16 autocast (float16 + GradScaler on GPUs without bf16)")
+    a("--compile", action="store_true", help="torch.compile the model")
+    a("--out", default=d.out, help="run directory")
+    a("--resume", action="store_true", help="continue from the run directory's last checkpoint")
+    a("--seed", type=int, default=d.seed)
+    a("--device", default=d.device)
+    a("--checkpoint-every", type=int, default=d.checkpoint_every,
+      help="steps between checkpoints (0: at the end of each epoch)")
+    a("--log-every", type=int, default=d.log_every)
+    a("--stop-after-steps", type=int, default=None, help=argparse.SUPPRESS)
+    a("--probe-epochs", type=int, default=d.probe_epochs)
+    a("--probe-optimizer", choices=["adam", "sgd"], default=d.probe_optimizer)
+    a("--knn-k", type=int, default=d.knn_k)
+    a("--no-eval", action="store_true", help="skip the linear evaluation after pretraining")
+    a("--no-progress", action="store_true")
+    a("--synthetic", default=None, metavar="KEY=VALUE,...",
+      help="synthetic generator settings, e.g. num_subjects=20,reps_per_class=1,num_frames=64")
+    return p
+
+
+def _parse_key_values(text: str) -> dict:
+    """'a=1,b=0.5,c=x' -> {'a': 1, 'b': 0.5, 'c': 'x'}."""
+    out = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--synthetic: expected KEY=VALUE items, got {item!r}")
+        for cast in (int, float):
+            try:
+                out[key] = cast(value)
+                break
+            except ValueError:
+                continue
+        else:
+            out[key] = value
+    return out
+
+
+def config_from_args(argv=None) -> TrainConfig:
+    args = _parser().parse_args(argv)
+    values = {k: v for k, v in vars(args).items()
+              if k not in ("no_eval", "no_progress", "synthetic")}
+    values["evaluate"] = not args.no_eval
+    values["progress"] = not args.no_progress
+    if args.synthetic:
+        values["synthetic"] = _parse_key_values(args.synthetic)
+    return TrainConfig.from_dict(values)
+
+
+def main(argv=None) -> dict:
+    try:
+        return run(config_from_args(argv))
+    except (ValueError, NonFiniteLossError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2 if isinstance(exc, ValueError) else 3)
+
+
+if __name__ == "__main__":
+    main()
