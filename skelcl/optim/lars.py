@@ -107,8 +107,6 @@ class LARS(torch.optim.Optimizer):
                 continue
             if p.grad.is_sparse:
                 raise ValueError("params: LARS does not support sparse gradients")
-            if p.grad.dtype != p.dtype or p.grad.device != p.device:
-                raise ValueError("params: each gradient must have its parameter's dtype and device")
             state = self.state[p]
             if "momentum_buffer" not in state:
                 # m * 0 + u == u: a zero buffer gives the reference's first step (v = u) exactly.
