@@ -31,12 +31,21 @@ def _batch(n: int, t: int, dtype: torch.dtype) -> torch.Tensor:
     return x.to(dtype)
 
 
-def _time(fn, quick: bool) -> tuple[float, float]:
-    """(median ms, peak MiB allocated by one call beyond the live memory before it)."""
+def _time(fn, quick: bool, graph: bool = False) -> tuple[float, float]:
+    """(median ms, peak MiB allocated by one call beyond the live memory before it).
+
+    With ``graph`` the calls are replayed from a CUDA graph, which removes the host-side launch
+    cost and leaves the device time.
+    """
     import triton.testing
 
-    warmup, rep = (10, 30) if quick else (25, 100)
-    ms = triton.testing.do_bench(fn, warmup=warmup, rep=rep, return_mode="median")
+    fn()  # compile and cache before timing (and before any graph capture)
+    torch.cuda.synchronize()
+    if graph:
+        ms = triton.testing.do_bench_cudagraph(fn, rep=20 if quick else 50, return_mode="median")
+    else:
+        warmup, rep = (10, 30) if quick else (25, 100)
+        ms = triton.testing.do_bench(fn, warmup=warmup, rep=rep, return_mode="median")
     torch.cuda.synchronize()
     base = torch.cuda.memory_allocated()
     torch.cuda.reset_peak_memory_stats()
@@ -52,8 +61,9 @@ def _row(case: str, impl: str, ms=None, peak=None, ratio=None, note: str = "") -
 
 
 def _case(n: int, t: int, dtype: torch.dtype, quick: bool) -> list[dict]:
+    from skelcl.kernels.augment import view_augment_triton
+
     from skelcl import reference
-    from skelcl.ops import augment as aug
     from skelcl.ops import two_views
     from skelcl.views import get_sampler
 
@@ -63,24 +73,33 @@ def _case(n: int, t: int, dtype: torch.dtype, quick: bool) -> list[dict]:
     sampler = get_sampler("paper")
     gen = torch.Generator(device="cuda").manual_seed(1)
     n_bytes = 3 * x.numel() * x.element_size()
+    angles, shift = sampler.sample(2 * n, t, device="cuda", generator=gen)
+    angles, shift = angles.reshape(2, n, 1, 3), shift.reshape(2, n, 1, 3)
 
-    def ref_two_views():
+    def ref_sampled():
         return tuple(reference.view_transform(x, *sampler.sample(n, t, device="cuda", generator=gen))
                      for _ in range(2))
 
-    impls = {
-        "reference-eager (2 views, sampling included)": ref_two_views,
-        "two_views triton (sampling included)": lambda: two_views(x, sampler, generator=gen),
-    }
-    draws = [sampler.sample(n, t, device="cuda", generator=gen) for _ in range(2)]
-    angles = torch.stack([d[0] for d in draws])[:, :, None]  # (2, N, 1, 3)
-    shift = torch.stack([d[1] for d in draws])[:, :, None]
-    impls["triton kernel only (2 views, params given)"] = lambda: aug._views(x, angles, shift, 1, "triton")
+    def ref_given():
+        return tuple(reference.view_transform(x, angles[k, :, 0], shift[k, :, 0]) for k in range(2))
+
+    kernel = lambda: view_augment_triton(x, angles, shift, 1)
+    ref_graph = "reference eager, params given, CUDA graph"
+    # (name, fn, timed in a CUDA graph, baseline name)
+    impls = [
+        ("reference eager, sampling included", ref_sampled, False, None),
+        ("two_views, sampling included", lambda: two_views(x, sampler, generator=gen), False,
+         "reference eager, sampling included"),
+        ("reference eager, params given", ref_given, False, None),
+        ("triton kernel, params given", kernel, False, "reference eager, params given"),
+        (ref_graph, ref_given, True, None),
+        ("triton kernel, params given, CUDA graph", kernel, True, ref_graph),
+        ("two_views (default generator), CUDA graph", lambda: two_views(x, sampler), True, ref_graph),
+    ]
 
     # Correctness on this card, recorded in the notes.
-    check = ""
     try:
-        got = aug._views(x, angles, shift, 1, "triton")
+        got = kernel()
         err = max(float((got[k].double() - reference.view_transform(x.double(), angles[k, :, 0].double(),
                                                                    shift[k, :, 0].double())).abs().max())
                   for k in range(2))
@@ -88,26 +107,27 @@ def _case(n: int, t: int, dtype: torch.dtype, quick: bool) -> list[dict]:
     except Exception as exc:  # recorded, never fatal
         check = f"check failed: {type(exc).__name__}: {exc}"
 
-    ref_ms = None
     copy_gbs = None
     try:
-        ms, peak = _time(lambda: x.clone(), quick)
+        ms, peak = _time(lambda: x.clone(), quick, graph=True)
         copy_gbs = 2 * x.numel() * x.element_size() / ms / 1e6
-        rows.append(_row(case, "copy ceiling (x.clone)", ms, peak, None, f"{copy_gbs:.0f} GB/s read+write"))
+        rows.append(_row(case, "copy ceiling (x.clone), CUDA graph", ms, peak, None,
+                         f"{copy_gbs:.0f} GB/s read+write"))
     except Exception as exc:
         rows.append(_row(case, "copy ceiling (x.clone)", note=f"{type(exc).__name__}: {exc}"))
-    for impl, fn in impls.items():
+    times: dict[str, float] = {}
+    for impl, fn, graph, base in impls:
         try:
-            ms, peak = _time(fn, quick)
+            ms, peak = _time(fn, quick, graph)
+            times[impl] = ms
             gbs = n_bytes / ms / 1e6
             note = f"{gbs:.0f} GB/s effective (3|x| bytes)"
             if copy_gbs:
                 note += f", {100 * gbs / copy_gbs:.0f}% of copy"
-            if impl.startswith("reference"):
-                ref_ms = ms
-            elif check:
-                note += f"; {check}"
-            rows.append(_row(case, impl, ms, peak, None if ref_ms is None else ref_ms / ms, note))
+            if base is not None:
+                note += f"; ratio vs '{base}'; {check}"
+            ratio = times[base] / ms if base in times else None
+            rows.append(_row(case, impl, ms, peak, ratio, note))
         except torch.cuda.OutOfMemoryError:
             torch.cuda.empty_cache()
             rows.append(_row(case, impl, note="OOM"))
@@ -144,4 +164,4 @@ if __name__ == "__main__":
     for r in run(sys.argv[1] if len(sys.argv) > 1 else "."):
         ms = "-" if r["ms"] is None else f"{r['ms']:.4f}"
         ratio = "" if r["ratio_vs_ref"] is None else f"x{r['ratio_vs_ref']:.1f}"
-        print(f"{r['case']:34s} {r['impl']:46s} {ms:>9s} ms {ratio:>7s}  {r['note']}")
+        print(f"{r['case']:30s} {r['impl']:44s} {ms:>9s} ms {ratio:>7s}  {r['note']}")

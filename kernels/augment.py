@@ -26,9 +26,10 @@ def _view_augment_kernel(
     sak, san, sat,  # angle strides; sat = 0 for one camera per sequence
     ssk, ssn, sst,  # shift strides; sst = 0 for one translation per sequence
     K: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_M: tl.constexpr,
-    SCAN_T: tl.constexpr, ACC_F64: tl.constexpr,
+    SCAN_T: tl.constexpr, ACC_F64: tl.constexpr, IDX64: tl.constexpr,
 ):
     ACC = tl.float64 if ACC_F64 else tl.float32
+    IDX = tl.int64 if IDX64 else tl.int32  # offsets within one sequence
     pid_t = tl.program_id(0)
     n = tl.program_id(1).to(tl.int64)
     x_n = x_ptr + n * sxn
@@ -41,7 +42,7 @@ def _view_augment_kernel(
     while (first == T) & (t_start < T):
         tt = t_start + ts_scan
         mask = (tt[:, None] < T) & (vs[None, :] < V)
-        off = tt[:, None].to(tl.int64) * sxt + vs[None, :] * sxv
+        off = tt[:, None].to(IDX) * sxt + vs[None, :] * sxv
         nz = tl.zeros([SCAN_T, BLOCK_V], dtype=tl.int32)
         for c in tl.static_range(3):
             xc = tl.load(x_n + c * sxc + off, mask=mask, other=0.0)
@@ -63,7 +64,7 @@ def _view_augment_kernel(
     v3 = vs[None, :, None]
     m3 = ms[None, None, :]
     mask = (t3 < T) & (v3 < V) & (m3 < M)
-    x_off = t3.to(tl.int64) * sxt + v3 * sxv + m3 * sxm
+    x_off = t3.to(IDX) * sxt + v3 * sxv + m3 * sxm
     x0 = tl.load(x_n + x_off, mask=mask, other=0.0)
     x1 = tl.load(x_n + sxc + x_off, mask=mask, other=0.0)
     x2 = tl.load(x_n + 2 * sxc + x_off, mask=mask, other=0.0)
@@ -76,7 +77,7 @@ def _view_augment_kernel(
     # Output (K, N, 3, T, V, M), contiguous.
     VM = V * M
     TVM = T * VM
-    o_off = t3.to(tl.int64) * VM + v3 * M + m3
+    o_off = t3.to(IDX) * VM + v3 * M + m3
     t_ok = ts < T
     for k in tl.static_range(K):
         a_p = ang_ptr + k * sak + n * san + ts.to(tl.int64) * sat
@@ -137,6 +138,7 @@ def view_augment_triton(x: torch.Tensor, angles: torch.Tensor, shift: torch.Tens
     sat = angles.stride(2) if angles.shape[2] > 1 else 0
     sst = shift.stride(2) if shift.shape[2] > 1 else 0
     grid = (triton.cdiv(n_frames, block_t), n_seq)
+    seq_span = sum((size - 1) * abs(step) for size, step in zip(x.shape[1:], x.stride()[1:])) + 1
     kernel = _view_augment_kernel if wrap is None else wrap(_view_augment_kernel)
     kernel[grid](
         x, angles, shift, out,
@@ -146,5 +148,6 @@ def view_augment_triton(x: torch.Tensor, angles: torch.Tensor, shift: torch.Tens
         shift.stride(0), shift.stride(1), sst,
         K=n_views, BLOCK_T=block_t, BLOCK_V=block_v, BLOCK_M=block_m, SCAN_T=scan_t,
         ACC_F64=x.dtype == torch.float64,
+        IDX64=max(seq_span, 3 * n_frames * n_joints * n_persons) >= 2**31,
     )
     return out

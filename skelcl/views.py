@@ -26,8 +26,6 @@ from dataclasses import asdict, dataclass, field, replace
 import torch
 from torch import Tensor
 
-from skelcl.reference import rotation_matrix
-
 __all__ = ["ViewSampler", "PRESETS", "get_sampler"]
 
 PAPER_DEGREES = (0.0, 60.0, 120.0, 180.0, 240.0, 300.0)
@@ -118,38 +116,50 @@ class ViewSampler:
         device = torch.device(device)
         shape = (n, t) if self.frame_level else (n,)
         kw = dict(device=device, generator=generator)
-        angles = torch.empty(*shape, 3, dtype=torch.float32, device=device)
-        ranges = (self.alpha_range_deg, self.beta_range_deg, self.gamma_range_deg)
-        for axis in range(3):
-            out = angles[..., axis]
-            if not self.random_angles[axis]:
-                out.fill_(math.radians(self.fixed_angles_deg[axis]))
-            elif self.angles == "discrete":
-                table = _degree_table(tuple(self.angle_set_deg), device)
-                out.copy_(table[torch.randint(len(self.angle_set_deg), shape, **kw)])
-            else:
-                lo, hi = (math.radians(a) for a in ranges[axis])
-                out.uniform_(lo, hi, generator=generator)
-        if self.distance == "fixed":
-            mult = torch.full((*shape, 1), float(self.distance_fixed), dtype=torch.float32, device=device)
-        elif self.distance == "discrete":
-            mult = torch.randint(int(self.distance_max) + 1, (*shape, 1), **kw).to(torch.float32)
+        # A handful of whole-batch ops (no per-axis or per-sample work): on GPU, launch overhead
+        # rather than arithmetic is what sampling costs.
+        fixed = _constant(tuple(math.radians(a) for a in self.fixed_angles_deg), device)
+        if not any(self.random_angles):
+            angles = fixed.expand(*shape, 3).contiguous()
         else:
-            mult = torch.rand(*shape, 1, dtype=torch.float32, **kw) * float(self.distance_max)
+            if self.angles == "discrete":
+                table = _constant(tuple(math.radians(a) for a in self.angle_set_deg), device)
+                angles = table[torch.randint(len(self.angle_set_deg), (*shape, 3), **kw)]
+            else:
+                ranges = (self.alpha_range_deg, self.beta_range_deg, self.gamma_range_deg)
+                lo = _constant(tuple(math.radians(r[0]) for r in ranges), device)
+                span = _constant(tuple(math.radians(r[1] - r[0]) for r in ranges), device)
+                angles = torch.addcmul(lo, torch.rand(*shape, 3, **kw), span)
+            if not all(self.random_angles):
+                held = _constant(tuple(float(not r) for r in self.random_angles), device) > 0
+                angles = torch.where(held, fixed, angles)
+        if self.distance == "fixed":
+            length = torch.full((*shape, 1), float(self.distance_fixed * self.unit), device=device)
+        elif self.distance == "discrete":
+            steps = torch.randint(int(self.distance_max) + 1, (*shape, 1), **kw)
+            length = steps.to(torch.float32) * self.unit
+        else:
+            length = torch.rand(*shape, 1, **kw) * float(self.distance_max * self.unit)
         if self.direction == "camera-z":
-            axis = rotation_matrix(angles)[..., 2, :]  # R^T e_z: the virtual camera's z axis
+            axis = _camera_z(angles)
         elif self.direction == "world-z":
-            axis = torch.tensor([0.0, 0.0, 1.0], device=device).expand(*shape, 3)
+            axis = _constant((0.0, 0.0, 1.0), device).expand(*shape, 3)
         else:
             axis = torch.nn.functional.normalize(torch.randn(*shape, 3, **kw), dim=-1)
-        shift = (mult * float(self.unit)) * axis
-        return angles, shift.contiguous()
+        return angles, length * axis
+
+
+def _camera_z(angles: Tensor) -> Tensor:
+    """Third row of R = Rx Ry Rz, i.e. R^T e_z: the virtual camera's z axis in data coordinates."""
+    s, c = angles.sin().unbind(-1), angles.cos().unbind(-1)
+    ca_sb = c[0] * s[1]
+    return torch.stack([ca_sb * c[2] + s[0] * s[2], ca_sb * s[2] - s[0] * c[2], c[0] * c[1]], dim=-1)
 
 
 @functools.cache
-def _degree_table(degrees: tuple[float, ...], device: torch.device) -> Tensor:
-    # Built once per device, so a discrete draw does not copy a table to the device every step.
-    return torch.tensor([math.radians(d) for d in degrees], dtype=torch.float32, device=device)
+def _constant(values: tuple[float, ...], device: torch.device) -> Tensor:
+    # Built once per device, so a draw does not copy small tables to the device every step.
+    return torch.tensor(values, dtype=torch.float32, device=device)
 
 
 _PAPER = ViewSampler(name="paper")

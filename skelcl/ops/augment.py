@@ -178,6 +178,12 @@ def _views(x: Tensor, angles: Tensor, shift: Tensor, center_joint: int, backend:
     op = None
     if backend == "triton":
         op = _triton_op()
+        if not torch.compiler.is_compiling() and not (torch.is_grad_enabled() and x.requires_grad):
+            # Nothing to record for autograd or a compiler: launch the kernel straight away and
+            # skip the dispatcher, whose overhead is comparable to the kernel itself on a GPU.
+            from skelcl.kernels.augment import view_augment_triton
+
+            return view_augment_triton(x, angles, shift, center_joint)
     elif backend == "cpu":
         op = _cpu_op()  # None after a failed build: the reference below, already warned about
     if op is not None:
@@ -232,8 +238,9 @@ def two_views(
     """Two random views of every sequence of x, for a contrastive positive pair.
 
     The cameras are drawn from ``sampler`` (a ViewSampler or a preset name, see ``skelcl.views``) on
-    x's device, with ``generator`` or a fresh generator seeded with ``seed``; then one kernel reads
-    x once and writes both views. Returns ``(x1, x2)``, each (N, 3, T, V, M) in x's dtype.
+    x's device, with ``generator`` or a fresh generator seeded with ``seed``, as one draw of 2N
+    cameras (the first N for x1); then one kernel reads x once and writes both views.
+    Returns ``(x1, x2)``, each (N, 3, T, V, M) in x's dtype.
     """
     _check_x(x)
     _check_center_joint(center_joint, x.shape[3])
@@ -246,9 +253,10 @@ def two_views(
         raise ValueError(f"generator is on {generator.device}, x on {x.device}: they must match")
     backend = _resolve_backend(x, backend)
     n_seq, _, n_frames = x.shape[:3]
-    draws = [sampler.sample(n_seq, n_frames, device=x.device, generator=generator) for _ in range(2)]
+    # Both cameras in one draw of 2N: rows [0, N) are view 1, rows [N, 2N) view 2.
+    angles, shift = sampler.sample(2 * n_seq, n_frames, device=x.device, generator=generator)
     acc = _acc_dtype(x)
-    angles = torch.stack([d[0] for d in draws]).to(acc).reshape(2, n_seq, -1, 3)
-    shift = torch.stack([d[1] for d in draws]).to(acc).reshape(2, n_seq, -1, 3)
+    angles = angles.to(acc).reshape(2, n_seq, -1, 3)
+    shift = shift.to(acc).reshape(2, n_seq, -1, 3)
     views = _views(x, angles, shift, center_joint, backend)
     return views[0], views[1]
