@@ -75,14 +75,14 @@ class LARS(torch.optim.Optimizer):
         for group in self.param_groups:
             if group["lars_exclude"] not in (None, True, False):
                 raise ValueError(f"lars_exclude: must be None, True or False, got {group['lars_exclude']!r}")
-        # (device, dtype, numels) -> int64 index mapping each element to its tensor (CUDA path).
-        self._segment_ids: dict[tuple, Tensor] = {}
+        # (device, dtype, shapes) -> (element -> tensor index, flat trust buffer, its views): CUDA path.
+        self._spread: dict[tuple, tuple] = {}
         # "auto": flat broadcast on CUDA, 0-dim scalars elsewhere; tests force either one.
         self._broadcast = "auto"
 
     def __setstate__(self, state):
         super().__setstate__(state)
-        self.__dict__.setdefault("_segment_ids", {})
+        self.__dict__.setdefault("_spread", {})
         self.__dict__.setdefault("_broadcast", "auto")
         for group in self.param_groups:
             group.setdefault("lars_exclude", None)
@@ -118,55 +118,67 @@ class LARS(torch.optim.Optimizer):
 
     def _update(self, group: dict, adapted: list[Tensor], excluded: list[Tensor]) -> None:
         lr, m = group["lr"], group["momentum"]
-        updates = list(self._adapted_updates(group, adapted)) if adapted else []
-        updates += [p.grad for p in excluded]
         params = adapted + excluded
         bufs = [self.state[p]["momentum_buffer"] for p in params]
+        # u = g + wd * w for the adapted tensors (new tensors: p.grad stays untouched), g otherwise.
+        u = [p.grad for p in excluded]
+        if adapted:
+            u[:0] = torch._foreach_add([p.grad for p in adapted], adapted, alpha=group["weight_decay"])
         torch._foreach_mul_(bufs, m)
-        torch._foreach_add_(bufs, updates)
+        if not adapted:  # trust 1 everywhere: plain momentum SGD
+            torch._foreach_add_(bufs, u)
+            step = torch._foreach_add(u, bufs, alpha=m) if group["nesterov"] else bufs
+            torch._foreach_add_(params, step, alpha=-lr)
+            return
+        trust = self._trust(group, adapted, u[: len(adapted)], len(excluded))
+        scale = self._per_tensor(trust, params)
         if group["nesterov"]:
-            # Out of place: the excluded parameters' updates are their .grad tensors.
-            torch._foreach_add_(params, torch._foreach_add(updates, bufs, alpha=m), alpha=-lr)
+            scaled = torch._foreach_mul(u, scale)  # trust * u, needed twice
+            torch._foreach_add_(bufs, scaled)
+            torch._foreach_add_(scaled, bufs, alpha=m)
+            torch._foreach_add_(params, scaled, alpha=-lr)
         else:
+            torch._foreach_addcmul_(bufs, u, scale)  # v <- m * v + trust * u in one pass
             torch._foreach_add_(params, bufs, alpha=-lr)
 
-    def _adapted_updates(self, group: dict, params: list[Tensor]) -> list[Tensor]:
-        """u = trust * (g + wd * w) for the adapted parameters, as new tensors."""
-        grads = [p.grad for p in params]
-        # New tensors (even with weight_decay = 0), so that p.grad stays untouched.
-        u = torch._foreach_add(grads, params, alpha=group["weight_decay"])
-        w_norm = torch.stack(torch._foreach_norm(params))
-        g_norm = torch.stack(torch._foreach_norm(u))
-        if w_norm.dtype in (torch.float16, torch.bfloat16):
-            w_norm, g_norm = w_norm.float(), g_norm.float()
-        ratio = group["trust_coefficient"] * w_norm / (g_norm + group["eps"])
-        trust = torch.where((w_norm > 0) & (g_norm > 0), ratio, torch.ones_like(ratio))
+    def _trust(self, group: dict, params: list[Tensor], u: list[Tensor], n_excluded: int) -> Tensor:
+        """Trust ratios of the adapted tensors, then 1 for each of the n_excluded ones, on the device."""
+        n = len(params)
+        norms = torch.stack(list(torch._foreach_norm(params)) + list(torch._foreach_norm(u)))
+        if norms.dtype in (torch.float16, torch.bfloat16):
+            norms = norms.float()
+        w_norm, g_norm = norms[:n], norms[n:]
+        denominator = g_norm + group["eps"] if group["eps"] else g_norm
+        ratio = w_norm / denominator * group["trust_coefficient"]
+        trust = torch.where(torch.minimum(w_norm, g_norm) > 0, ratio, 1.0)
         if group["clip"]:
             trust = torch.clamp(trust / group["lr"], max=1.0)
-        trust = trust.to(params[0].dtype)
-        torch._foreach_mul_(u, self._per_tensor(trust, params))
-        return u
+        if n_excluded:
+            trust = torch.cat([trust, trust.new_ones(n_excluded)])
+        return trust.to(params[0].dtype)
 
     def _per_tensor(self, trust: Tensor, params: list[Tensor]) -> list[Tensor]:
         """One multiplier per parameter, in a form the multi-tensor kernels accept.
 
         CUDA's fused foreach kernels need both lists to have the same shapes (a 0-dim operand
-        sends them down a per-tensor loop), so there the ratios are spread over one flat buffer
-        and cut into views shaped like the parameters. On CPU foreach ops loop per tensor anyway
-        and 0-dim multipliers avoid the extra buffer.
+        sends them down a per-tensor loop), so there the ratios are spread over a flat buffer
+        (kept between steps, as are its views shaped like the parameters: one index_select per
+        step). On CPU foreach ops loop per tensor anyway and 0-dim multipliers avoid the buffer.
         """
         flat = self._broadcast == "flat" or (self._broadcast == "auto" and trust.device.type == "cuda")
         if not flat:
             return list(trust.unbind(0))
-        numels = tuple(p.numel() for p in params)
-        key = (trust.device, trust.dtype, numels)
-        ids = self._segment_ids.get(key)
-        if ids is None:
-            counts = torch.tensor(numels, dtype=torch.int64)
-            ids = torch.repeat_interleave(torch.arange(len(numels)), counts).to(trust.device)
-            self._segment_ids[key] = ids
-        spread = trust.index_select(0, ids)
-        return [view.view_as(p) for view, p in zip(spread.split(numels), params)]
+        key = (trust.device, trust.dtype, tuple(p.shape for p in params))
+        cached = self._spread.get(key)
+        if cached is None:
+            numels = [p.numel() for p in params]
+            ids = torch.repeat_interleave(torch.arange(len(numels)), torch.tensor(numels)).to(trust.device)
+            buffer = torch.empty(len(ids), dtype=trust.dtype, device=trust.device)
+            views = [v.view(p.shape) for v, p in zip(buffer.split(numels), params)]
+            cached = self._spread[key] = (ids, buffer, views)
+        ids, buffer, views = cached
+        torch.index_select(trust, 0, ids, out=buffer)
+        return views
 
 
 def _check_number(name: str, value, minimum: float) -> None:
