@@ -144,10 +144,16 @@ def _block_d(dim: int) -> int:
     return max(16, triton.next_power_of_2(dim))
 
 
-def _config(dim: int) -> tuple[int, int, int, int]:
-    """(BLOCK_M, BLOCK_N, num_warps, num_stages): flash-attention-like tiles, smaller for wide rows."""
+def _config(dim: int, dtype: torch.dtype, backward: bool) -> tuple[int, int, int, int]:
+    """(BLOCK_M, BLOCK_N, num_warps, num_stages): flash-attention-like tiles, smaller for wide rows.
+
+    The backward holds a (BLOCK_M, D) float32 accumulator next to the query tile, so with 4-byte
+    inputs it takes half the rows to stay within the register file.
+    """
     bd = _block_d(dim)
     if bd <= 128:
+        if backward and dtype == torch.float32:
+            return 64, 64, 4, 2
         return 128, 64, 8, 3
     if bd <= 256:
         return 64, 64, 8, 2
@@ -181,7 +187,7 @@ def ntxent_forward(q: torch.Tensor, keys: torch.Tensor, n_local: int, offset: in
     dim = q.shape[1]
     lse2 = torch.empty(2 * n_local, dtype=torch.float32, device=q.device)
     loss = torch.empty_like(lse2)
-    bm, bn, warps, stages = _config(dim)
+    bm, bn, warps, stages = _config(dim, q.dtype, backward=False)
     grid = (triton.cdiv(2 * n_local, bm),)
     _fwd_kernel[grid](q, keys, lse2, loss, n_local, offset, n_total, dim, q.stride(0), keys.stride(0),
                       LOG2E / temperature, PRECISION=_precision(q.dtype, allow_tf32), UPCAST=_upcast(q.dtype), BLOCK_M=bm,
@@ -195,7 +201,7 @@ def ntxent_backward(q: torch.Tensor, keys: torch.Tensor, lse2_all: torch.Tensor,
     """Gradient of the global mean loss w.r.t. the local raw rows ``[z1; z2]``: (2 n_local, D), q's dtype."""
     dim = q.shape[1]
     dz = torch.empty_like(q)
-    bm, bn, warps, stages = _config(dim)
+    bm, bn, warps, stages = _config(dim, q.dtype, backward=True)
     grid = (triton.cdiv(2 * n_local, bm),)
     coef = 1.0 / (2 * n_total * temperature)
     _bwd_kernel[grid](q, keys, lse2_all, inv_norm, grad_out, dz, n_local, offset, n_total, dim,

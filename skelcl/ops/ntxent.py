@@ -89,7 +89,9 @@ def _chunked_forward(q: torch.Tensor, keys: torch.Tensor, n_local: int, offset: 
         b = min(a + block, m_local)
         s = torch.mm(q[a:b], keys_t).mul_(1.0 / temperature)
         s[torch.arange(b - a, device=q.device), grow[a:b]] = float("-inf")  # k = i is not a negative
-        lse[a:b] = torch.logsumexp(s, dim=1)
+        # logsumexp by hand, in place: torch.logsumexp is several times slower on CPU here.
+        row_max = s.amax(dim=1)
+        lse[a:b] = s.sub_(row_max[:, None]).exp_().sum(dim=1).log_().add_(row_max)
     pos = (q * keys[gpos]).sum(dim=1) / temperature
     return lse, lse - pos
 
@@ -109,7 +111,7 @@ def _chunked_backward(q: torch.Tensor, keys: torch.Tensor, lse_all: torch.Tensor
     for a in range(0, m_local, block):
         b = min(a + block, m_local)
         s = torch.mm(q[a:b], keys_t).mul_(1.0 / temperature)
-        w = torch.exp(s - lse_all[grow[a:b], None])  # p_jk: this row's softmax
+        w = torch.sub(s, lse_all[grow[a:b], None]).exp_()  # p_jk: this row's softmax
         w.add_(s.sub_(lse_cols).exp_())  # + p_kj: each key row's softmax at this anchor
         w[torch.arange(b - a, device=q.device), grow[a:b]] = 0.0
         dz[a:b] = torch.mm(w, keys)

@@ -1,0 +1,167 @@
+"""GPU report for the fused NT-Xent loss: forward+backward time and peak memory vs the naive loss.
+
+``run(out_dir, quick=False) -> list[dict]`` (rows: suite, case, impl, ms, peak_mib, ratio_vs_ref,
+note), or ``python bench/gpu_ntxent.py OUT_DIR`` which writes OUT_DIR/ntxent.json.
+
+Cases: 2N in {4096, 16384, 65536, 131072, 1048576}, D = 128, float32 (tf32 similarities) and
+bfloat16 inputs. Implementations: "fused-triton" (skelcl.ops.ntxent_loss, backend="triton"),
+"naive-eager" (skelcl.reference.ntxent_loss fed the same dtype), "naive-compile" (the same under
+torch.compile, only at 2N <= 16384 and only while the time budget lasts). ratio_vs_ref is
+naive-eager ms / this row's ms (a speedup). peak_mib is the peak allocation during one
+forward+backward above what was allocated before it (the inputs), so it includes the input
+gradients; the note gives the part beyond inputs and gradients ("extra"). A first "check" suite
+compares the fused loss and gradients with the float64 reference at 2N = 4096.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import sys
+import time
+
+DIM = 128
+SIZES = [4096, 16384, 65536, 131072, 1048576]
+NAIVE_LIMIT_GIB = 60.0
+# Peak of the naive loss per logit (bytes), from its measured 48.1 GiB (fp32) / 40.1 GiB (bf16)
+# at 2N = 65,536: logits, the softmax and its gradient, in fp32 whatever the input dtype.
+NAIVE_BYTES_PER_LOGIT = {"float32": 12.1, "bfloat16": 10.1}
+
+
+def _root_on_path():
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if root not in sys.path:
+        sys.path.insert(0, root)
+
+
+def _row(suite, case, impl, ms=None, peak_mib=None, ratio=None, note=""):
+    return {"suite": suite, "case": case, "impl": impl, "ms": ms, "peak_mib": peak_mib,
+            "ratio_vs_ref": ratio, "note": note}
+
+
+def _time_fwd_bwd(fn, z1, z2, repeats):
+    """Median ms of fn(z1, z2).backward() with CUDA events, after one warm-up; and peak MiB above start."""
+    import torch
+
+    def step():
+        z1.grad = z2.grad = None
+        fn(z1, z2).backward()
+
+    step()  # warm-up: compiles kernels
+    torch.cuda.synchronize()
+    z1.grad = z2.grad = None
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+    times = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        step()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end))
+    peak = (torch.cuda.max_memory_allocated() - before) / 2**20
+    return statistics.median(times), peak
+
+
+def _check_rows(torch, ntxent_loss, reference):
+    rows = []
+    g = torch.Generator(device="cuda").manual_seed(0)
+    for dtype, tf32 in ((torch.float32, False), (torch.float32, True), (torch.bfloat16, True)):
+        impl = f"fused-triton {str(dtype).split('.')[-1]}{' tf32' if tf32 and dtype == torch.float32 else ''}"
+        try:
+            z1 = torch.randn(2048, DIM, device="cuda", generator=g).to(dtype)
+            z2 = torch.randn(2048, DIM, device="cuda", generator=g).to(dtype)
+            a, b = z1.double().requires_grad_(), z2.double().requires_grad_()
+            want = reference.ntxent_loss(a, b, 0.1)
+            want.backward()
+            x, y = z1.clone().requires_grad_(), z2.clone().requires_grad_()
+            got = ntxent_loss(x, y, 0.1, backend="triton", allow_tf32=tf32)
+            got.backward()
+            scale = max(a.grad.abs().max().item(), b.grad.abs().max().item())
+            err = max((x.grad.double() - a.grad).abs().max().item(),
+                      (y.grad.double() - b.grad).abs().max().item())
+            note = (f"loss {got.item():.6f} vs float64 {want.item():.6f}; "
+                    f"max grad error / max grad = {err / scale:.2e}")
+            rows.append(_row("ntxent-check", "2N=4096 D=128 tau=0.1", impl, note=note))
+        except Exception as e:  # noqa: BLE001 - one failure must not stop the report
+            note = f"error: {type(e).__name__}: {e}"[:500]
+            rows.append(_row("ntxent-check", "2N=4096 D=128 tau=0.1", impl, note=note))
+    return rows
+
+
+def run(out_dir: str, quick: bool = False) -> list[dict]:
+    _root_on_path()
+    import torch
+
+    from skelcl import reference
+    from skelcl.ops import ntxent_loss
+
+    budget_s = 25.0 if quick else 55.0
+    t_start = time.monotonic()
+    sizes = [4096, 65536, 1048576] if quick else SIZES
+    dtypes = {"bfloat16": torch.bfloat16, "float32": torch.float32}
+    rows = _check_rows(torch, ntxent_loss, reference)
+
+    fused = lambda a, b: ntxent_loss(a, b, 0.1, backend="triton")
+    naive = lambda a, b: reference.ntxent_loss(a, b, 0.1)
+    naive_compiled = torch.compile(naive, dynamic=False)
+    plan = [(impl, name, two_n) for impl in ("fused-triton", "naive-eager", "naive-compile")
+            for name in dtypes for two_n in sizes]
+    ref_ms = {}
+    for impl, name, two_n in plan:
+        case = f"2N={two_n} D={DIM} {name}"
+        suite = "ntxent-fwd-bwd"
+        if impl != "fused-triton":
+            need_gib = NAIVE_BYTES_PER_LOGIT[name] * two_n**2 / 2**30
+            if need_gib > NAIVE_LIMIT_GIB:
+                rows.append(_row(suite, case, impl, note=f"skipped: naive needs {need_gib:.0f} GiB"))
+                continue
+            if impl == "naive-compile" and two_n > 16384:
+                rows.append(_row(suite, case, impl, note="skipped: compiled only at 2N <= 16384"))
+                continue
+            # A compile takes tens of seconds: start one only with that much budget left.
+            if impl == "naive-compile" and (quick or time.monotonic() - t_start > budget_s - 30):
+                rows.append(_row(suite, case, impl, note="skipped: no time budget left for a compile"))
+                continue
+        if time.monotonic() - t_start > budget_s:
+            rows.append(_row(suite, case, impl, note=f"skipped: time budget of {budget_s:.0f} s spent"))
+            continue
+        fn = {"fused-triton": fused, "naive-eager": naive, "naive-compile": naive_compiled}[impl]
+        repeats = 1 if two_n >= 1048576 else (3 if two_n >= 131072 else 7)
+        z1 = z2 = None
+        try:
+            g = torch.Generator(device="cuda").manual_seed(0)
+            z1 = torch.randn(two_n // 2, DIM, device="cuda", generator=g).to(dtypes[name]).requires_grad_()
+            z2 = torch.randn(two_n // 2, DIM, device="cuda", generator=g).to(dtypes[name]).requires_grad_()
+            ms, peak = _time_fwd_bwd(fn, z1, z2, repeats)
+            grads_mib = 2 * z1.numel() * z1.element_size() / 2**20
+            note = f"extra beyond inputs+grads {peak - grads_mib:.1f} MiB; median of {repeats}"
+            if impl == "naive-eager":
+                ref_ms[case] = ms
+            rows.append(_row(suite, case, impl, ms=ms, peak_mib=peak, note=note))
+        except torch.cuda.OutOfMemoryError:
+            rows.append(_row(suite, case, impl, note="OOM"))
+        except Exception as e:  # noqa: BLE001 - one failure must not stop the report
+            rows.append(_row(suite, case, impl, note=f"error: {type(e).__name__}: {e}"[:500]))
+        finally:
+            del z1, z2
+            torch.cuda.empty_cache()
+    for row in rows:
+        base = ref_ms.get(row["case"])
+        if base is not None and row["ms"] and row["suite"] == "ntxent-fwd-bwd":
+            row["ratio_vs_ref"] = base / row["ms"]
+
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, "ntxent.json"), "w") as f:
+        json.dump(rows, f, indent=1)
+    return rows
+
+
+if __name__ == "__main__":
+    out = sys.argv[1] if len(sys.argv) > 1 else "."
+    for r in run(out, quick="--quick" in sys.argv):
+        ms = "-" if r["ms"] is None else f"{r['ms']:.2f}"
+        print(f"{r['suite']:15s} {r['case']:28s} {r['impl']:22s} ms={ms:>9s} "
+              f"peak_mib={r['peak_mib']} {r['note']}")
