@@ -1,0 +1,156 @@
+"""GPU report for the encoders: ST-GCN train-step throughput, skelcl vs the plain NCTV ST-GCN.
+
+``run(out_dir, quick=False) -> list[dict]`` (rows as in the team's GPU benchmark protocol), or
+``python bench/gpu_encoder.py OUT_DIR`` which also writes ``OUT_DIR/encoder.json``.
+
+Cases: widths 64 and 16 (original and SkeletonCLR size), N=128, T=64, M=2, NTU-25 joints, bf16
+autocast, one SGD train step (forward, backward, update). The reference is the NCTV ST-GCN kept in
+tests/nctv_stgcn.py, measured in the same run; DESIGN section 5 has its H200 figures (54 ms
+width 64, 21.6 ms width 16 with AMP + channels_last). torch.compile is measured at width 16 only,
+because compiling costs tens of seconds; its compile time is in the note. Whole run: well under
+60 s on an H100/H200 (about 1 s per eager case plus the compile).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import sys
+import time
+
+import torch
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+for _p in (os.path.dirname(_HERE), os.path.join(os.path.dirname(_HERE), "tests")):
+    if _p not in sys.path:
+        sys.path.insert(0, _p)
+
+from nctv_stgcn import NCTVSTGCN  # noqa: E402
+
+from skelcl.layouts import get_layout  # noqa: E402
+from skelcl.models import STGCN, stgcn_widths  # noqa: E402
+
+SUITE = "encoder_train_step"
+COMPILE_BUDGET_S = 35.0  # skip the compile case if the eager ones already used more than this
+
+
+def make_model(impl: str, width: int, device, channels_last_ref: bool = False) -> torch.nn.Module:
+    """``impl`` "skelcl" or "nctv"; width 64 -> the original ST-GCN, 16 -> quarter width."""
+    widths = stgcn_widths(10, width / 64)
+    if impl == "skelcl":
+        model = STGCN(widths=widths)
+    elif impl == "nctv":
+        model = NCTVSTGCN(get_layout("ntu25").adjacency_partitions(), widths=widths)
+    else:
+        raise ValueError(f"impl must be 'skelcl' or 'nctv', got {impl!r}")
+    model = model.to(device)
+    if channels_last_ref:
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def make_step(model: torch.nn.Module, n: int, t: int, device, amp_dtype=torch.bfloat16, compile_model=False):
+    """A closure running one train step on a fixed random batch (N, 3, T, 25, 2)."""
+    x = torch.randn(n, 3, t, 25, 2, device=device)
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    fwd = torch.compile(model) if compile_model else model
+    device_type = torch.device(device).type
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        with torch.autocast(device_type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            loss = fwd(x).float().square().mean()
+        loss.backward()
+        opt.step()
+        return loss
+
+    return step
+
+
+def _time_cuda(step, warmup: int, repeats: int) -> tuple[float, float]:
+    """Median ms per call (CUDA events) and peak MiB during the timed calls."""
+    for _ in range(warmup):
+        step()
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    times = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        step()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times), torch.cuda.max_memory_allocated() / 2**20
+
+
+def _row(case, impl, ms=None, peak=None, ratio=None, note=""):
+    return {"suite": SUITE, "case": case, "impl": impl, "ms": ms, "peak_mib": peak, "ratio_vs_ref": ratio,
+            "note": note}
+
+
+def _measure(case, impl, build, warmup, repeats, n, ref_ms=None, extra_note=""):
+    try:
+        torch.cuda.empty_cache()
+        t0 = time.perf_counter()
+        step = build()
+        step()  # first call: compilation / autotuning, outside the timing
+        torch.cuda.synchronize()
+        first_s = time.perf_counter() - t0
+        ms, peak = _time_cuda(step, warmup, repeats)
+        note = f"{n / ms * 1e3:.0f} seq/s; first call {first_s:.1f} s{extra_note}"
+        return _row(case, impl, ms, peak, None if ref_ms is None else ref_ms / ms, note)
+    except torch.cuda.OutOfMemoryError:
+        return _row(case, impl, note="OOM")
+    except Exception as exc:  # one failing case must not stop the report
+        return _row(case, impl, note=f"error: {type(exc).__name__}: {exc}"[:300])
+    finally:
+        torch.cuda.empty_cache()
+
+
+def run(out_dir: str, quick: bool = False) -> list[dict]:
+    os.makedirs(out_dir, exist_ok=True)
+    n, t = 128, 64
+    if not torch.cuda.is_available():
+        rows = [_row(f"w{w} N{n} T{t} M2 bf16", "skelcl-eager", note="skipped: no CUDA device")
+                for w in (64, 16)]
+        _write(out_dir, rows)
+        return rows
+    torch.backends.cudnn.benchmark = True
+    dev = torch.device("cuda")
+    warmup, repeats = (2, 5) if quick else (3, 10)
+    rows, began = [], time.perf_counter()
+
+    def builder(impl, width, **kw):
+        return lambda: make_step(make_model(impl, width, dev), n, t, dev, **kw)
+
+    for width in (64, 16):
+        case = f"w{width} N{n} T{t} M2 bf16"
+        ref = _measure(case, "nctv-eager", builder("nctv", width), warmup, repeats, n)
+        rows.append(ref)
+        rows.append(_measure(case, "skelcl-eager", builder("skelcl", width), warmup, repeats, n, ref["ms"]))
+        if not quick:
+            rows.append(_measure(case, "skelcl-eager-fp32", builder("skelcl", width, amp_dtype=None), warmup,
+                                 repeats, n, None, "; fp32 (torch default TF32 settings), no reference row"))
+    case = f"w16 N{n} T{t} M2 bf16"
+    if quick or time.perf_counter() - began > COMPILE_BUDGET_S:
+        rows.append(_row(case, "skelcl-compile", note="skipped: quick mode or time budget"))
+    else:
+        ref_ms = next(r["ms"] for r in rows if r["case"] == case and r["impl"] == "nctv-eager")
+        compiled = builder("skelcl", 16, compile_model=True)
+        rows.append(_measure(case, "skelcl-compile", compiled, warmup, repeats, n, ref_ms, " (compile excluded)"))
+    _write(out_dir, rows)
+    return rows
+
+
+def _write(out_dir: str, rows: list[dict]) -> None:
+    with open(os.path.join(out_dir, "encoder.json"), "w") as f:
+        json.dump(rows, f, indent=1)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        raise SystemExit("usage: python bench/gpu_encoder.py OUT_DIR")
+    for r in run(sys.argv[1]):
+        print(json.dumps(r))
