@@ -80,6 +80,22 @@ def test_non_contiguous_x_and_other_centre(backend, rng):
     assert_matches_reference(out, x, angles, shift, True, center_joint=0)
 
 
+@pytest.mark.triton
+@pytest.mark.parametrize("tile, t_iters, scan_t", [(128, 1, 2), (64, 3, 1), (32, 8, 16), (2048, 1, 4)])
+def test_triton_tilings_match_reference(tile, t_iters, scan_t, rng):
+    from skelcl.kernels.augment import view_augment_triton
+
+    x = make_x(rng, 3, 37, 5, 2, dtype=torch.float32)
+    x[1, :, :9, :, 0] = 0  # centre found only after several search steps
+    angles, shift = make_params(rng, 3, 37, per_frame=True, per_frame_shift=False)
+    a = torch.stack([angles, angles.flip(0)]).float()  # (2, N, T, 3)
+    s = torch.stack([shift, -shift]).float()[:, :, None]  # (2, N, 1, 3)
+    out = view_augment_triton(x.to(device_of("triton")), a.to(device_of("triton")), s.to(device_of("triton")),
+                              1, tile=tile, t_iters=t_iters, scan_t=scan_t)
+    for k in range(2):
+        assert_matches_reference(out[k], x, a[k], s[k, :, 0], True)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_backward_matches_reference_autograd(backend, rng):
     x = make_x(rng, 3, 6, 4, 2)
