@@ -56,65 +56,61 @@ void augment_kernel(const at::Tensor& x, const at::Tensor& angles, const at::Ten
   const acc_t* sp = shift.const_data_ptr<acc_t>();
   scalar_t* op = out.mutable_data_ptr<scalar_t>();
 
-  // Body centre of each sequence.
-  std::vector<acc_t> centre(N * 3, acc_t(0));
+  // One parallel region over sequences: a sequence's centre, rotations and frames are handled by
+  // one thread, so nothing is shared and there is a single fork/join per call.
   at::parallel_for(0, N, 1, [&](int64_t n0, int64_t n1) {
+    std::vector<acc_t> rot(K * Ta * 9);
+    std::vector<char> present(M);
     for (int64_t n = n0; n < n1; ++n) {
       const scalar_t* xn = xp + n * 3 * TVM;
-      for (int64_t t = 0; t < T; ++t) {
+      acc_t centre[3] = {0, 0, 0};
+      for (int64_t t = 0; t < T; ++t) {  // first frame where person 0 is present
         if (slot_present(xn + t * VM, 0, V, M, TVM)) {
-          for (int64_t c = 0; c < 3; ++c) centre[n * 3 + c] = static_cast<acc_t>(xn[c * TVM + t * VM + cj * M]);
+          for (int64_t c = 0; c < 3; ++c) centre[c] = static_cast<acc_t>(xn[c * TVM + t * VM + cj * M]);
           break;
         }
       }
-    }
-  });
-
-  // Rotation matrices, one per (view, sequence, camera frame).
-  const int64_t n_rot = K * N * Ta;
-  std::vector<acc_t> rot(n_rot * 9);
-  at::parallel_for(0, n_rot, 64, [&](int64_t i0, int64_t i1) {
-    for (int64_t i = i0; i < i1; ++i) rotation(ap + i * 3, rot.data() + i * 9);
-  });
-
-  at::parallel_for(0, N * T, 16, [&](int64_t i0, int64_t i1) {
-    std::vector<char> present(M);
-    for (int64_t i = i0; i < i1; ++i) {
-      const int64_t n = i / T, t = i % T;
-      const scalar_t* x0 = xp + n * 3 * TVM + t * VM;
-      const scalar_t* x1 = x0 + TVM;
-      const scalar_t* x2 = x1 + TVM;
-      bool any_absent = false;
-      for (int64_t m = 0; m < M; ++m) {
-        present[m] = slot_present(x0, m, V, M, TVM);
-        any_absent |= !present[m];
-      }
       for (int64_t k = 0; k < K; ++k) {
-        const acc_t* r = rot.data() + ((k * N + n) * Ta + (Ta == 1 ? 0 : t)) * 9;
-        const acc_t* d = sp + ((k * N + n) * Ts + (Ts == 1 ? 0 : t)) * 3;
-        const acc_t o0 = centre[n * 3] + d[0], o1 = centre[n * 3 + 1] + d[1], o2 = centre[n * 3 + 2] + d[2];
-        const acc_t r00 = r[0], r01 = r[1], r02 = r[2], r10 = r[3], r11 = r[4], r12 = r[5];
-        const acc_t r20 = r[6], r21 = r[7], r22 = r[8];
-        scalar_t* y0 = op + (k * N + n) * 3 * TVM + t * VM;
-        scalar_t* y1 = y0 + TVM;
-        scalar_t* y2 = y1 + TVM;
-        // The hot loop: contiguous over (joint, person), no branches, so it vectorises.
-#pragma omp simd
-        for (int64_t j = 0; j < VM; ++j) {
-          const acc_t a = static_cast<acc_t>(x0[j]) - o0;
-          const acc_t b = static_cast<acc_t>(x1[j]) - o1;
-          const acc_t c = static_cast<acc_t>(x2[j]) - o2;
-          y0[j] = static_cast<scalar_t>(r00 * a + r01 * b + r02 * c);
-          y1[j] = static_cast<scalar_t>(r10 * a + r11 * b + r12 * c);
-          y2[j] = static_cast<scalar_t>(r20 * a + r21 * b + r22 * c);
+        for (int64_t ta = 0; ta < Ta; ++ta) {
+          rotation(ap + ((k * N + n) * Ta + ta) * 3, rot.data() + (k * Ta + ta) * 9);
         }
-        if (any_absent) {  // padding slots stay exactly zero
-          for (int64_t m = 0; m < M; ++m) {
-            if (present[m]) continue;
-            for (int64_t v = 0; v < V; ++v) {
-              y0[v * M + m] = scalar_t(0);
-              y1[v * M + m] = scalar_t(0);
-              y2[v * M + m] = scalar_t(0);
+      }
+      for (int64_t t = 0; t < T; ++t) {
+        const scalar_t* x0 = xn + t * VM;
+        const scalar_t* x1 = x0 + TVM;
+        const scalar_t* x2 = x1 + TVM;
+        bool any_absent = false;
+        for (int64_t m = 0; m < M; ++m) {
+          present[m] = slot_present(x0, m, V, M, TVM);
+          any_absent |= !present[m];
+        }
+        for (int64_t k = 0; k < K; ++k) {
+          const acc_t* r = rot.data() + (k * Ta + (Ta == 1 ? 0 : t)) * 9;
+          const acc_t* d = sp + ((k * N + n) * Ts + (Ts == 1 ? 0 : t)) * 3;
+          const acc_t o0 = centre[0] + d[0], o1 = centre[1] + d[1], o2 = centre[2] + d[2];
+          const acc_t r00 = r[0], r01 = r[1], r02 = r[2], r10 = r[3], r11 = r[4], r12 = r[5];
+          const acc_t r20 = r[6], r21 = r[7], r22 = r[8];
+          scalar_t* y0 = op + (k * N + n) * 3 * TVM + t * VM;
+          scalar_t* y1 = y0 + TVM;
+          scalar_t* y2 = y1 + TVM;
+          // The hot loop: contiguous over (joint, person), no branches, so it vectorises.
+#pragma omp simd
+          for (int64_t j = 0; j < VM; ++j) {
+            const acc_t a = static_cast<acc_t>(x0[j]) - o0;
+            const acc_t b = static_cast<acc_t>(x1[j]) - o1;
+            const acc_t c = static_cast<acc_t>(x2[j]) - o2;
+            y0[j] = static_cast<scalar_t>(r00 * a + r01 * b + r02 * c);
+            y1[j] = static_cast<scalar_t>(r10 * a + r11 * b + r12 * c);
+            y2[j] = static_cast<scalar_t>(r20 * a + r21 * b + r22 * c);
+          }
+          if (any_absent) {  // padding slots stay exactly zero
+            for (int64_t m = 0; m < M; ++m) {
+              if (present[m]) continue;
+              for (int64_t v = 0; v < V; ++v) {
+                y0[v * M + m] = scalar_t(0);
+                y1[v * M + m] = scalar_t(0);
+                y2[v * M + m] = scalar_t(0);
+              }
             }
           }
         }
