@@ -82,7 +82,8 @@ def _check_params(x: Tensor, angles, shift, per_frame: bool) -> tuple[Tensor, Te
     acc = _acc_dtype(x)
     a = angles.detach().to(device=x.device, dtype=acc)
     s = shift.detach().to(device=x.device, dtype=acc)
-    return a.reshape(1, n_seq, -1, 3), s.reshape(1, n_seq, -1, 3)
+    frames = lambda p: n_frames if p.dim() == 3 else 1
+    return a.reshape(1, n_seq, frames(a), 3), s.reshape(1, n_seq, frames(s), 3)
 
 
 def _resolve_backend(x: Tensor, backend: str) -> str:
@@ -256,7 +257,8 @@ def two_views(
     # Both cameras in one draw of 2N: rows [0, N) are view 1, rows [N, 2N) view 2.
     angles, shift = sampler.sample(2 * n_seq, n_frames, device=x.device, generator=generator)
     acc = _acc_dtype(x)
-    angles = angles.to(acc).reshape(2, n_seq, -1, 3)
-    shift = shift.to(acc).reshape(2, n_seq, -1, 3)
+    per_frame = n_frames if sampler.frame_level else 1
+    angles = angles.to(acc).reshape(2, n_seq, per_frame, 3)
+    shift = shift.to(acc).reshape(2, n_seq, per_frame, 3)
     views = _views(x, angles, shift, center_joint, backend)
     return views[0], views[1]
