@@ -122,19 +122,24 @@ def _view_augment_kernel(
 
 def view_augment_triton(x: torch.Tensor, angles: torch.Tensor, shift: torch.Tensor, center_joint: int,
                         wrap=None, *, tile: int = 128, t_iters: int = 1, scan_t: int = 2,
-                        num_warps: int = 1) -> torch.Tensor:
+                        num_warps: int = 1, out: torch.Tensor | None = None) -> torch.Tensor:
     """K views of x (N, 3, T, V, M) in one launch -> (K, N, 3, T, V, M).
 
     angles (K, N, Ta, 3), shift (K, N, Ts, 3) with Ta, Ts in {1, T}; float32 (float64 for
     float64 x). Inputs are assumed validated by ``skelcl.ops.augment``. ``wrap`` is applied to the
     kernel before launch (``torch.library.wrap_triton`` inside a ``triton_op``). Tuning: ``tile``
     elements per channel per tile, ``t_iters`` tiles per program, ``scan_t`` frames per step of
-    the centre search. The defaults were the fastest of a sweep on an H200 (N=256, T=300 and
+    the centre search. ``out``: a contiguous (K, N, 3, T, V, M) tensor of x's dtype to write into.
+    The defaults were the fastest of a sweep on an H200 (N=256, T=300 and
     N=1024, T=64; V=25, M=2): small tiles, one warp, about 4 elements per thread per channel.
     """
     n_seq, _, n_frames, n_joints, n_persons = x.shape
     n_views = angles.shape[0]
-    out = torch.empty((n_views, n_seq, 3, n_frames, n_joints, n_persons), dtype=x.dtype, device=x.device)
+    shape = (n_views, n_seq, 3, n_frames, n_joints, n_persons)
+    if out is None:
+        out = torch.empty(shape, dtype=x.dtype, device=x.device)
+    elif tuple(out.shape) != shape or out.dtype != x.dtype or not out.is_contiguous():
+        raise ValueError(f"out must be a contiguous {x.dtype} tensor of shape {shape}")
     if out.numel() == 0:
         return out
     block_v = triton.next_power_of_2(n_joints)

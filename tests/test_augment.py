@@ -101,8 +101,10 @@ def test_triton_tilings_match_reference(tile, t_iters, scan_t, rng):
     angles, shift = make_params(rng, 3, 37, per_frame=True, per_frame_shift=False)
     a = torch.stack([angles, angles.flip(0)]).float()  # (2, N, T, 3)
     s = torch.stack([shift, -shift]).float()[:, :, None]  # (2, N, 1, 3)
-    out = view_augment_triton(x.to(device_of("triton")), a.to(device_of("triton")), s.to(device_of("triton")),
-                              1, tile=tile, t_iters=t_iters, scan_t=scan_t)
+    dev = device_of("triton")
+    out = torch.full((2, *x.shape), float("nan"), device=dev)  # unwritten elements stay NaN and fail
+    view_augment_triton(x.to(dev), a.to(dev), s.to(dev), 1, tile=tile, t_iters=t_iters, scan_t=scan_t,
+                        out=out)
     for k in range(2):
         assert_matches_reference(out[k], x, a[k], s[k, :, 0], True)
 
