@@ -230,7 +230,13 @@ def _chart(summary: list[dict], path: str) -> None:
             xs.append(i + (k - (len(benchmarks) - 1) / 2) * width)
             means.append(r["linear_top1_mean"])
             errs.append(0.0 if math.isnan(r["linear_top1_std"]) else r["linear_top1_std"])
-        ax.bar(xs, means, width, yerr=errs, capsize=3, label=b)
+        bars = ax.bar(xs, means, width, yerr=errs if any(errs) else None, capsize=3, label=b)
+        floors = [r["random_init_linear_top1_mean"] for r in summary
+                  if r["benchmark"] == b and not math.isnan(r["random_init_linear_top1_mean"])
+                  and not {"depth", "width"} & set(_overrides(r["setting"]))]  # the default encoder
+        if floors:  # what an untrained encoder reaches: the level every setting must clear
+            ax.axhline(floors[0], color=bars.patches[0].get_facecolor(), linestyle="--", linewidth=1,
+                       label=f"{b}: random-init encoder")
     ax.set_xticks(range(len(settings)))
     ax.set_xticklabels(settings, rotation=30, ha="right")
     ax.set_ylabel("linear top-1 (%)")
