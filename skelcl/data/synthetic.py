@@ -41,7 +41,7 @@ __all__ = [
 ]
 
 # Bump when the generator changes what it produces for the same parameters (invalidates caches).
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 
 # NTU 25-joint Kinect v2 order, 0-based.
 (SPINE_BASE, SPINE_MID, NECK, HEAD, L_SHOULDER, L_ELBOW, L_WRIST, L_HAND, R_SHOULDER, R_ELBOW,
@@ -316,8 +316,8 @@ def _bow(pose, s, q):
     pose.rot(SPINE_MID, rx=40 * q.amp * b)
     pose.rot(SPINE_SHOULDER, rx=20 * q.amp * b)
     pose.rot(NECK, rx=10 * b)
-    for side in "LR":
-        pose.rot(_UPPER[side], side, rx=45 * q.amp * b)
+    for side in "LR":  # the arms turn with the trunk; swing them forward so they hang down
+        pose.rot(_UPPER[side], side, rx=-50 * q.amp * b)
 
 
 def _stepping(pose, s, q, n, size):
@@ -542,9 +542,11 @@ def simulate(
         end=rng.uniform(0.85, 1.0, n_perf),
         r1=rng.random(n_perf),
     )
-    # replications alternate between facing camera 2 and camera 3; small random deviation
+    # replications alternate between facing camera 2 and camera 3; small random deviation.
+    # An interacting pair faces each other across that direction, so that camera sees both.
+    two_person = np.array([ACTIONS[a][1] == 2 for a in action])
     facing = np.where(rep % 2 == 1, _CAMERA_AZIMUTH_DEG[2], _CAMERA_AZIMUTH_DEG[3])
-    facing = facing + rng.normal(0.0, 10.0, n_perf)
+    facing = facing + np.where(two_person, 90.0, 0.0) + rng.normal(0.0, 10.0, n_perf)
     place = np.stack([rng.uniform(-0.3, 0.3, n_perf), np.zeros(n_perf), rng.uniform(-0.3, 0.3, n_perf)], -1)
 
     frame = np.arange(t_max)[None, :]
@@ -568,7 +570,6 @@ def simulate(
         return pose
 
     pose_a = idle(np.arange(n_perf))
-    two_person = np.array([ACTIONS[a][1] == 2 for a in action])
     bystander = ~two_person & (rng.random(n_perf) < cfg["two_person_fraction"])
     has_b = two_person | bystander
     b_idx = np.flatnonzero(has_b)
