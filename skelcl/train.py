@@ -199,6 +199,13 @@ def _set_rng_state(state: dict, aug_gen: torch.Generator, device: torch.device) 
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
+def _drain(batches) -> None:
+    """Consume the rest of a loader iteration left early (stop, NaN), so its prefetch thread can
+    hand over its last item and exit instead of blocking the generator's close."""
+    for _ in batches:
+        pass
+
+
 def contrastive_loss(model: nn.Module, x1, x2, temperature: float, group, amp_dtype) -> torch.Tensor:
     """NT-Xent of the projections of both views; one forward pass over the 2N sequences."""
     from skelcl.ops import ntxent_loss
@@ -356,42 +363,47 @@ def _run(cfg: TrainConfig, info) -> dict:
     while epoch < cfg.epochs and not stopped:
         t_last, seen_last = time.perf_counter(), seen
         t_prev = time.perf_counter()
-        for x, _y, lengths in loader.iter_from(epoch, batch_in_epoch):
-            x = sample_frames(x, lengths, cfg.frames, generator=aug_gen, random_crop=True)
-            x1, x2 = two_views(x, sampler, generator=aug_gen)
-            loss = contrastive_loss(step_model, x1, x2, cfg.temperature, group, amp_dtype)
-            # Each rank's backward already yields its share of the exact global-loss gradient
-            # (skelcl.ops.ntxent_loss with a group); DDP averages over ranks, so scale by the
-            # world size to turn that average into the sum.
-            opt.zero_grad(set_to_none=True)
-            to_backprop = loss * world if world > 1 else loss
-            if scaler is not None:
-                scaler.scale(to_backprop).backward()
-                scaler.step(opt)
-                scaler.update()
-            else:
-                to_backprop.backward()
-                opt.step()
-            sched.step()
-            step += 1
-            batch_in_epoch += 1
-            seen += cfg.batch_size
-            pending.append((step, loss.detach()))
-            if step % cfg.log_every == 0:
-                flush(t_last, seen_last)
-                t_last, seen_last = time.perf_counter(), seen
-            if progress is not None:
-                progress.update(1)
-            now = time.perf_counter()
-            pretrain_s += now - t_prev  # includes any wait for the loader, excludes checkpoint writes
-            t_prev = now
-            if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and batch_in_epoch < steps_per_epoch:
-                flush(t_last, seen_last)
-                checkpoint(epoch, batch_in_epoch)
-                t_prev = time.perf_counter()
-            if cfg.stop_after_steps is not None and step >= cfg.stop_after_steps:
-                stopped = True  # an interruption: no checkpoint, no evaluation
-                break
+        batches = loader.iter_from(epoch, batch_in_epoch)
+        try:
+            for x, _y, lengths in batches:
+                x = sample_frames(x, lengths, cfg.frames, generator=aug_gen, random_crop=True)
+                x1, x2 = two_views(x, sampler, generator=aug_gen)
+                loss = contrastive_loss(step_model, x1, x2, cfg.temperature, group, amp_dtype)
+                # Each rank's backward already yields its share of the exact global-loss gradient
+                # (skelcl.ops.ntxent_loss with a group); DDP averages over ranks, so scale by the
+                # world size to turn that average into the sum.
+                opt.zero_grad(set_to_none=True)
+                to_backprop = loss * world if world > 1 else loss
+                if scaler is not None:
+                    scaler.scale(to_backprop).backward()
+                    scaler.step(opt)
+                    scaler.update()
+                else:
+                    to_backprop.backward()
+                    opt.step()
+                sched.step()
+                step += 1
+                batch_in_epoch += 1
+                seen += cfg.batch_size
+                pending.append((step, loss.detach()))
+                if step % cfg.log_every == 0:
+                    flush(t_last, seen_last)
+                    t_last, seen_last = time.perf_counter(), seen
+                if progress is not None:
+                    progress.update(1)
+                now = time.perf_counter()
+                pretrain_s += now - t_prev  # includes any wait for the loader, excludes checkpoint writes
+                t_prev = now
+                mid_epoch = batch_in_epoch < steps_per_epoch  # epoch ends are checkpointed below
+                if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and mid_epoch:
+                    flush(t_last, seen_last)
+                    checkpoint(epoch, batch_in_epoch)
+                    t_prev = time.perf_counter()
+                if cfg.stop_after_steps is not None and step >= cfg.stop_after_steps:
+                    stopped = True  # an interruption: no checkpoint, no evaluation
+                    break
+        finally:
+            _drain(batches)
         if stopped:
             break
         flush(t_last, seen_last)

@@ -1,0 +1,204 @@
+"""The trainer end to end on a tiny synthetic set, its run directory, faults and the command line."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import pytest
+import torch
+
+from skelcl import runlog
+from skelcl.train import NonFiniteLossError, TrainConfig, main, run
+
+# 2 subjects x 3 classes x 1 repetition x 3 cameras = 18 sequences; xview: 12 train, 6 test
+TINY_SYNTHETIC = dict(num_subjects=2, reps_per_class=1, num_frames=16, num_classes=3, seed=3)
+
+
+def tiny_config(out, cache_dir, **overrides) -> dict:
+    """A run that takes seconds: 3 steps per epoch of a 3-block, 4-channel ST-GCN on 12 frames."""
+    cfg = dict(synthetic=dict(TINY_SYNTHETIC, cache_dir=str(cache_dir)), frames=12, model="stgcn-quarter",
+               width=4, depth=3, proj_dim=8, epochs=2, batch_size=4, out=str(out), log_every=1,
+               progress=False, tensorboard=False, evaluate=False, probe_epochs=3, knn_k=3,
+               eval_batch_size=8)
+    cfg.update(overrides)
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("synthetic-cache")
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, cache_dir):
+    """One complete run (pretraining + both evaluations), shared by the tests that only read it."""
+    out = tmp_path_factory.mktemp("run")
+    summary = run(tiny_config(out, cache_dir, evaluate=True, tensorboard=True))
+    return out, summary
+
+
+def test_run_writes_summary_with_the_promised_fields(tiny_run):
+    out, summary = tiny_run
+    for key in ("linear_top1", "random_init_linear_top1", "knn_top1", "random_init_knn_top1",
+                "pretrain_seconds", "sequences_per_second", "benchmark", "data", "linear_best_epoch_top1"):
+        assert key in summary, key
+    for key in ("linear_top1", "random_init_linear_top1", "knn_top1", "random_init_knn_top1"):
+        assert 0.0 <= summary[key] <= 100.0
+    assert summary["benchmark"] == "xview" and summary["data"] == "synthetic"
+    assert summary["steps"] == 2 * 3 and summary["pretrain_seconds"] > 0
+    assert summary["sequences_per_second"] == pytest.approx(6 * 4 / summary["pretrain_seconds"])
+    assert math.isfinite(summary["final_loss"])
+    on_disk = json.loads((out / "summary.json").read_text())
+    assert on_disk["linear_top1"] == pytest.approx(summary["linear_top1"])
+    assert "linear probe top-1" in (out / "summary.md").read_text()
+
+
+def test_run_directory_holds_config_metrics_checkpoint_and_plots(tiny_run):
+    out, _ = tiny_run
+    config = json.loads((out / "config.json").read_text())
+    assert config["batch_size"] == 4 and config["steps_per_epoch"] == 3 and config["total_steps"] == 6
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in records if r["kind"] == "train"]
+    assert [r["step"] for r in train] == list(range(1, 7))  # log_every=1
+    assert all(math.isfinite(r["loss"]) and r["lr"] >= 0 and r["seq_per_s"] > 0 for r in train)
+    probe = [r for r in records if r["kind"] == "linear"]
+    assert {r["encoder"] for r in probe} == {"pretrained", "random-init"}
+    assert len(probe) == 2 * 3
+    for name in ("loss", "lr", "accuracy"):
+        assert (out / "plots" / f"{name}.png").stat().st_size > 1000
+    state = runlog.load_checkpoint(str(out / "checkpoint.pt"))
+    assert state["step"] == 6 and state["epoch"] == 2 and state["batch"] == 0
+    assert not [f for f in os.listdir(out) if f.startswith(".tmp-")]
+
+
+def test_evaluate_cli_reads_a_training_checkpoint(tiny_run, capsys):
+    from skelcl.evaluate import main as evaluate_main
+
+    out, summary = tiny_run
+    result = evaluate_main(["--checkpoint", str(out / "checkpoint.pt"), "--epochs", "3", "--knn-k", "3",
+                            "--batch-size", "8", "--out", str(out / "eval.json")])
+    # same encoder, same features, same probe seed: the same figures as the run's own evaluation
+    assert result["linear_top1"] == pytest.approx(summary["linear_top1"])
+    assert result["random_init_linear_top1"] == pytest.approx(summary["random_init_linear_top1"])
+    assert result["knn_top1"] == pytest.approx(summary["knn_top1"])
+    assert "random-init encoder" in capsys.readouterr().out
+    assert json.loads((out / "eval.json").read_text())["knn_top1"] == pytest.approx(result["knn_top1"])
+
+
+def test_amp_run_trains_with_finite_loss(tmp_path, cache_dir):
+    summary = run(tiny_config(tmp_path, cache_dir, amp=True, epochs=1))
+    assert "bf16" in summary["amp"] and math.isfinite(summary["final_loss"])
+
+
+def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path, cache_dir, monkeypatch):
+    import skelcl.train as train_module
+
+    real = train_module.contrastive_loss
+    calls = []
+
+    def poisoned(*args, **kwargs):
+        calls.append(1)
+        loss = real(*args, **kwargs)
+        return loss * float("nan") if len(calls) >= 5 else loss
+
+    monkeypatch.setattr(train_module, "contrastive_loss", poisoned)
+    with pytest.raises(NonFiniteLossError, match="step 5"):
+        run(tiny_config(tmp_path, cache_dir, checkpoint_every=2))
+    state = runlog.load_checkpoint(str(tmp_path / "checkpoint.pt"))
+    assert state["step"] == 4
+    assert all(torch.isfinite(t).all() for t in state["model"].values() if t.is_floating_point())
+
+
+@pytest.mark.parametrize(
+    "overrides, match",
+    [
+        ({"data": "/no/such/dataset.npz"}, "does not exist"),
+        ({"benchmark": "xset120"}, "benchmark"),
+        ({"views": "sideways"}, "sideways"),
+        ({"batch_size": 64}, "batch_size"),
+    ],
+)
+def test_bad_inputs_fail_before_training(tmp_path, cache_dir, overrides, match):
+    with pytest.raises(ValueError, match=match):
+        run(tiny_config(tmp_path / "run", cache_dir, **overrides))
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+def test_unreadable_data_file_fails_with_a_clear_message(tmp_path, cache_dir):
+    bad = tmp_path / "data.npz"
+    bad.write_bytes(b"this is not a zip archive")
+    with pytest.raises(ValueError, match="data.npz"):
+        run(tiny_config(tmp_path / "run", cache_dir, data=str(bad), synthetic=None))
+
+
+@pytest.mark.parametrize(
+    "overrides, match",
+    [({"epochs": 0}, "epochs"), ({"lr": -1.0}, "lr"), ({"temperature": 0}, "temperature"),
+     ({"lr_rule": "cubic"}, "lr_rule"), ({"width": 0}, "width"), ({"frames": 2.5}, "frames"),
+     ({"nonsense": 1}, "unknown keys")],
+)
+def test_config_rejects_bad_values(overrides, match):
+    with pytest.raises(ValueError, match=match):
+        cfg = TrainConfig.from_dict(overrides)
+        cfg.validate()
+
+
+def test_command_line_runs_and_reports_errors(tmp_path, cache_dir, capsys):
+    args = ["--synthetic", f"num_subjects=2,reps_per_class=1,num_frames=16,num_classes=3,seed=3,"
+                           f"cache_dir={cache_dir}",
+            "--frames", "12", "--width", "4", "--depth", "3", "--epochs", "1", "--batch-size", "4",
+            "--views", "paper", "--no-eval", "--no-progress", "--out", str(tmp_path / "cli")]
+    summary = main(args)
+    assert summary["views"] == "paper" and summary["steps"] == 3
+    assert json.loads((tmp_path / "cli" / "config.json").read_text())["width"] == 4
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--data", str(tmp_path / "missing"), "--out", str(tmp_path / "bad"), "--no-progress"])
+    assert exit_info.value.code == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+# run directory helpers ---------------------------------------------------------------------------
+
+
+class _Unpicklable:
+    def __reduce__(self):
+        raise RuntimeError("cannot pickle this")
+
+
+def test_atomic_save_keeps_the_previous_file_when_writing_fails(tmp_path):
+    path = str(tmp_path / "ck.pt")
+    runlog.atomic_save({"model": {"w": torch.ones(3)}}, path)
+    with pytest.raises(RuntimeError, match="cannot pickle"):
+        runlog.atomic_save({"model": _Unpicklable()}, path)
+    assert torch.equal(runlog.load_checkpoint(path)["model"]["w"], torch.ones(3))
+    assert os.listdir(tmp_path) == ["ck.pt"]
+
+
+def test_load_checkpoint_rejects_missing_and_foreign_files(tmp_path):
+    with pytest.raises(ValueError, match="does not exist"):
+        runlog.load_checkpoint(str(tmp_path / "none.pt"))
+    (tmp_path / "junk.pt").write_bytes(b"junk")
+    with pytest.raises(ValueError, match="could not be read"):
+        runlog.load_checkpoint(str(tmp_path / "junk.pt"))
+    torch.save({"weights": 1}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="not a skelcl checkpoint"):
+        runlog.load_checkpoint(str(tmp_path / "other.pt"))
+
+
+def test_runlog_truncates_train_records_after_a_step_and_survives_a_cut_line(tmp_path):
+    log = runlog.RunLog(str(tmp_path), tensorboard=False)
+    for step in range(1, 6):
+        log.log({"kind": "train", "step": step, "loss": float(step)})
+    log.log({"kind": "linear", "step": 5, "epoch": 1, "test_top1": 50.0})
+    log.truncate_after(3)
+    assert [(r["kind"], r["step"]) for r in log.read_metrics()] == [
+        ("train", 1), ("train", 2), ("train", 3), ("linear", 5)]
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.write('{"kind": "train", "st')  # what a kill in the middle of a write leaves
+    assert len(log.read_metrics()) == 4
+    disabled = runlog.RunLog(str(tmp_path / "rank1"), enabled=False)
+    disabled.log({"kind": "train", "step": 1})
+    disabled.write_summary({"linear_top1": 1.0})
+    assert not (tmp_path / "rank1").exists()
