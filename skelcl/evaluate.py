@@ -162,7 +162,8 @@ def linear_probe(
         if test_acc > best:
             best, best_epoch = test_acc, epoch
         if on_epoch is not None:
-            on_epoch({"epoch": epoch, "loss": float(loss.detach()), "train_top1": train_acc, "test_top1": test_acc})
+            on_epoch({"epoch": epoch, "loss": float(loss.detach()), "train_top1": train_acc,
+                      "test_top1": test_acc})
     return {
         "linear_top1": test_acc,
         "linear_train_top1": train_acc,
