@@ -55,4 +55,5 @@ def test_bad_input_raises():
     with pytest.raises(ValueError, match="joints"):
         model(torch.randn(2, 3, 5, 24, 2))
     with pytest.raises(ValueError, match="persons"):
-        model(torch.randn(2, 3, 5, 25, 1))
+        model(torch.randn(2, 3, 5, 25, 3))
+    assert model(torch.randn(2, 3, 5, 25, 1)).shape == (2, 16)  # fewer persons than the maximum

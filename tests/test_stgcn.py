@@ -119,6 +119,7 @@ def test_bad_input_raises():
         model(torch.randn(2, 3, 5, 20, 2))
     with pytest.raises(ValueError, match="persons"):
         model(torch.randn(2, 3, 5, 25, 3))
+    assert model(torch.randn(2, 3, 5, 25, 1)).shape == (2, 4)  # fewer persons than the maximum
     with pytest.raises(ValueError, match="widths"):
         STGCN(widths=(4, 0))
     with pytest.raises(ValueError, match="temporal_kernel"):

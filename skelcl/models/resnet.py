@@ -73,8 +73,8 @@ class SkeletonResNet(nn.Module):
             raise ValueError(f"x must have C={self.in_channels} channels (dim 1), got {c}")
         if self.num_joints is not None and v != self.num_joints:
             raise ValueError(f"x must have V={self.num_joints} joints (dim 3), got {v}")
-        if self.num_persons is not None and m != self.num_persons:
-            raise ValueError(f"x must have M={self.num_persons} persons (dim 4), got {m}")
+        if self.num_persons is not None and not 1 <= m <= self.num_persons:
+            raise ValueError(f"x must have 1 to M={self.num_persons} persons (dim 4), got {m}")
         # (N, C, T, V, M) -> (N*M, C, T, V) in channels_last: one copy.
         x = x.permute(0, 4, 2, 3, 1).reshape(n * m, t, v, c).permute(0, 3, 1, 2)
         x = F.relu(self.stem(x), inplace=True)

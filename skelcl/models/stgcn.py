@@ -152,7 +152,8 @@ class STGCN(nn.Module):
 
     ``forward`` returns ``(N, out_dim)`` features pooled over frames and joints and averaged over
     persons, or ``(N, num_classes)`` logits when ``num_classes`` is given. Dropout is not applied
-    in the first block, as in the original.
+    in the first block, as in the original. ``num_persons`` is the most persons M accepted (fewer
+    are fine: persons are averaged); None accepts any M.
     """
 
     def __init__(self, layout: str | Layout = "ntu25", in_channels: int = 3,
@@ -201,8 +202,8 @@ class STGCN(nn.Module):
         if v != self.layout.num_joints:
             raise ValueError(
                 f"x must have V={self.layout.num_joints} joints (dim 3) for {self.layout.name}, got {v}")
-        if self.num_persons is not None and m != self.num_persons:
-            raise ValueError(f"x must have M={self.num_persons} persons (dim 4), got {m}")
+        if self.num_persons is not None and not 1 <= m <= self.num_persons:
+            raise ValueError(f"x must have 1 to M={self.num_persons} persons (dim 4), got {m}")
         if t < 1:
             raise ValueError("x must have at least one frame (dim 2)")
 
