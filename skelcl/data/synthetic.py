@@ -16,6 +16,8 @@ direction the person faces; both are right-handed, like the Kinect camera frame.
 recording geometry: camera 1 at azimuth 0, cameras 2 and 3 at +45 and -45 degrees, all looking at
 the performer; replication 1 faces camera 2, replication 2 faces camera 3 (odd/even replications
 alternate), so camera 1 always sees 45-degree views and cameras 2 and 3 see front and side views.
+Unlike NTU, camera 1 is mounted high and looks down, so the held-out camera of the cross-view
+split also differs in elevation (see ``_CAMERA_RAISE_M``).
 """
 
 from __future__ import annotations
