@@ -32,7 +32,7 @@ from torch import nn
 
 from skelcl.runlog import RunLog
 
-__all__ = ["TrainConfig", "NonFiniteLossError", "run", "main"]
+__all__ = ["TrainConfig", "TrainStep", "NonFiniteLossError", "run", "main"]
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -122,17 +122,21 @@ class TrainConfig:
 # building blocks
 
 
-def _load_data(cfg: TrainConfig):
+def _load_data(cfg: TrainConfig, data=None):
     """Load and split the data, failing with a clear message before any training starts."""
-    from skelcl.data import load_dataset
+    from skelcl.data import SkeletonArrays, load_dataset
 
-    if cfg.data != "synthetic" and not os.path.exists(cfg.data):
+    if data is not None:
+        if not isinstance(data, SkeletonArrays):
+            raise ValueError(f"data must be a SkeletonArrays, got {type(data).__name__}")
+    elif cfg.data != "synthetic" and not os.path.exists(cfg.data):
         raise ValueError(f"data path {cfg.data!r} does not exist")
-    try:
-        data = load_dataset(cfg.data, layout=cfg.layout,
-                            synthetic_kwargs=cfg.synthetic if cfg.data == "synthetic" else None)
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ValueError(f"could not load data {cfg.data!r}: {exc}") from exc
+    else:
+        try:
+            data = load_dataset(cfg.data, layout=cfg.layout,
+                                synthetic_kwargs=cfg.synthetic if cfg.data == "synthetic" else None)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ValueError(f"could not load data {cfg.data!r}: {exc}") from exc
     train, test = data.train_test(cfg.benchmark)  # ValueError names the known benchmarks
     if len(train) == 0 or len(test) == 0:
         raise ValueError(f"benchmark {cfg.benchmark!r} leaves {len(train)} training and {len(test)} "
@@ -220,25 +224,64 @@ def contrastive_loss(model: nn.Module, x1, x2, temperature: float, group, amp_dt
 # the run
 
 
-def run(config: TrainConfig | dict) -> dict:
-    """Pretrain, evaluate, write the run directory; returns the summary (same on every rank)."""
+def run(config: TrainConfig | dict, data=None) -> dict:
+    """Pretrain, evaluate, write the run directory; returns the summary.
+
+    ``data``: an in-memory ``SkeletonArrays`` to use instead of loading ``config.data`` (which
+    then only labels the run).
+    """
     cfg = config if isinstance(config, TrainConfig) else TrainConfig.from_dict(dict(config))
     cfg.validate()
     from skelcl.dist import cleanup, init_distributed
 
     info = init_distributed()
     try:
-        return _run(cfg, info)
+        return _run(cfg, info, data)
     finally:
         cleanup()
 
 
-def _run(cfg: TrainConfig, info) -> dict:
+class TrainStep:
+    """One optimisation step on a raw batch, all on its device; used by the loop and the benchmarks.
+
+    temporal sampling -> two views -> one forward over both -> NT-Xent -> backward -> LARS + schedule.
+    """
+
+    def __init__(self, model: nn.Module, optimizer, scheduler, sampler, *, frames: int, temperature: float,
+                 generator: torch.Generator, amp_dtype: torch.dtype | None = None, scaler=None, group=None,
+                 world_size: int = 1):
+        self.model, self.optimizer, self.scheduler, self.sampler = model, optimizer, scheduler, sampler
+        self.frames, self.temperature, self.generator = frames, temperature, generator
+        self.amp_dtype, self.scaler, self.group, self.world_size = amp_dtype, scaler, group, world_size
+
+    def __call__(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        from skelcl.data.temporal import sample_frames
+        from skelcl.ops import two_views
+
+        x = sample_frames(x, lengths, self.frames, generator=self.generator, random_crop=True)
+        x1, x2 = two_views(x, self.sampler, generator=self.generator)
+        loss = contrastive_loss(self.model, x1, x2, self.temperature, self.group, self.amp_dtype)
+        # Each rank's backward already yields its share of the exact global-loss gradient
+        # (skelcl.ops.ntxent_loss with a group); DDP averages over ranks, so scale by the
+        # world size to turn that average into the sum.
+        self.optimizer.zero_grad(set_to_none=True)
+        to_backprop = loss * self.world_size if self.world_size > 1 else loss
+        if self.scaler is not None:
+            self.scaler.scale(to_backprop).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            to_backprop.backward()
+            self.optimizer.step()
+        if self.scheduler is not None:
+            self.scheduler.step()
+        return loss.detach()
+
+
+def _run(cfg: TrainConfig, info, data=None) -> dict:
     from skelcl.data.loader import BatchLoader
-    from skelcl.data.temporal import sample_frames
     from skelcl.evaluate import ProbeConfig, evaluate_encoder, random_encoder
     from skelcl.models import ContrastiveModel, build_encoder
-    from skelcl.ops import two_views
     from skelcl.optim import LARS, scaled_lr, warmup_cosine
     from skelcl.views import get_sampler
 
@@ -247,7 +290,7 @@ def _run(cfg: TrainConfig, info) -> dict:
     if cfg.batch_size % world:
         raise ValueError(f"batch_size {cfg.batch_size} must be divisible by the {world} processes")
     sampler = get_sampler(cfg.views)  # bad preset names fail here, before any work
-    data, train_set, test_set = _load_data(cfg)
+    data, train_set, test_set = _load_data(cfg, data)
     layout = data.layout
     if len(train_set) < cfg.batch_size:
         raise ValueError(f"batch_size {cfg.batch_size} exceeds the {len(train_set)} training sequences")
@@ -317,6 +360,10 @@ def _run(cfg: TrainConfig, info) -> dict:
 
         group = dist.group.WORLD
 
+    train_step = TrainStep(step_model, opt, sched, sampler, frames=cfg.frames, temperature=cfg.temperature,
+                           generator=aug_gen, amp_dtype=amp_dtype, scaler=scaler, group=group,
+                           world_size=world)
+
     def checkpoint(next_epoch: int, next_batch: int) -> None:
         rng = _gather_objects(_rng_state(aug_gen, device), world)
         if info.is_main:
@@ -366,26 +413,11 @@ def _run(cfg: TrainConfig, info) -> dict:
         batches = loader.iter_from(epoch, batch_in_epoch)
         try:
             for x, _y, lengths in batches:
-                x = sample_frames(x, lengths, cfg.frames, generator=aug_gen, random_crop=True)
-                x1, x2 = two_views(x, sampler, generator=aug_gen)
-                loss = contrastive_loss(step_model, x1, x2, cfg.temperature, group, amp_dtype)
-                # Each rank's backward already yields its share of the exact global-loss gradient
-                # (skelcl.ops.ntxent_loss with a group); DDP averages over ranks, so scale by the
-                # world size to turn that average into the sum.
-                opt.zero_grad(set_to_none=True)
-                to_backprop = loss * world if world > 1 else loss
-                if scaler is not None:
-                    scaler.scale(to_backprop).backward()
-                    scaler.step(opt)
-                    scaler.update()
-                else:
-                    to_backprop.backward()
-                    opt.step()
-                sched.step()
+                loss = train_step(x, lengths)
                 step += 1
                 batch_in_epoch += 1
                 seen += cfg.batch_size
-                pending.append((step, loss.detach()))
+                pending.append((step, loss))
                 if step % cfg.log_every == 0:
                     flush(t_last, seen_last)
                     t_last, seen_last = time.perf_counter(), seen
