@@ -241,6 +241,20 @@ def run(config: TrainConfig | dict, data=None) -> dict:
         cleanup()
 
 
+# settings a resumed run must share with the run that wrote the checkpoint
+_RESUME_KEYS = ("data", "synthetic", "benchmark", "layout", "frames", "model", "width", "depth", "proj_dim",
+                "epochs", "batch_size", "lr", "base_lr", "lr_rule", "weight_decay", "warmup_epochs",
+                "temperature", "views", "amp", "seed")
+
+
+def _check_resumable(cfg: TrainConfig, saved: dict) -> None:
+    now = dataclasses.asdict(cfg)
+    changed = [k for k in _RESUME_KEYS if k in saved and saved[k] != now[k]]
+    if changed:
+        detail = ", ".join(f"{k}: {saved[k]!r} -> {now[k]!r}" for k in changed)
+        raise ValueError(f"--resume: the checkpoint in {cfg.out} was written with other settings ({detail})")
+
+
 class TrainStep:
     """One optimisation step on a raw batch, all on its device; used by the loop and the benchmarks.
 
@@ -328,6 +342,7 @@ def _run(cfg: TrainConfig, info, data=None) -> dict:
         if state is None:
             print(f"--resume: no checkpoint in {cfg.out}, starting from scratch", file=sys.stderr)
         else:
+            _check_resumable(cfg, state["config"])
             raw_model.load_state_dict(state["model"])
             opt.load_state_dict(state["optimizer"])
             sched.load_state_dict(state["scheduler"])

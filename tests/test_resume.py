@@ -99,3 +99,9 @@ def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path, ca
                    timeout=300)
     _assert_same_state(runlog.load_checkpoint(os.path.join(straight, "checkpoint.pt")),
                        runlog.load_checkpoint(ckpt))
+
+
+def test_resume_with_other_settings_is_refused(tmp_path, cache_dir):
+    run(tiny_config(tmp_path, cache_dir, epochs=1))
+    with pytest.raises(ValueError, match="batch_size: 4 -> 6"):
+        run(tiny_config(tmp_path, cache_dir, epochs=1, batch_size=6, resume=True))
