@@ -103,6 +103,26 @@ def cuda_time_ms(fn: Callable[[], object], *, warmup: int = 3, repeats: int = 20
     return statistics.median(s.elapsed_time(e) for s, e in events)
 
 
+def cuda_step_ms_and_peak(fn: Callable[[], object], warmup: int, repeats: int) -> tuple[float, float]:
+    """Median ms per call, each call timed on its own (synchronised), and peak MiB during the calls.
+
+    For whole training steps, whose host-side work should be charged in full to every step.
+    """
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    times = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times), torch.cuda.max_memory_allocated() / 2**20
+
+
 def time_ms(fn: Callable[[], object], device: str | torch.device, **kwargs) -> float:
     """:func:`cuda_time_ms` for a CUDA device, :func:`cpu_time_ms` otherwise."""
     return cuda_time_ms(fn, **kwargs) if torch.device(device).type == "cuda" else cpu_time_ms(fn, **kwargs)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import statistics
 import sys
 import time
 
@@ -26,6 +25,7 @@ for _p in (os.path.dirname(_HERE), os.path.join(os.path.dirname(_HERE), "tests")
     if _p not in sys.path:
         sys.path.insert(0, _p)
 
+from _timing import cuda_step_ms_and_peak  # noqa: E402
 from nctv_stgcn import NCTVSTGCN  # noqa: E402
 
 from skelcl.layouts import get_layout  # noqa: E402
@@ -68,23 +68,6 @@ def make_step(model: torch.nn.Module, n: int, t: int, device, amp_dtype=torch.bf
     return step
 
 
-def _time_cuda(step, warmup: int, repeats: int) -> tuple[float, float]:
-    """Median ms per call (CUDA events) and peak MiB during the timed calls."""
-    for _ in range(warmup):
-        step()
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        step()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times), torch.cuda.max_memory_allocated() / 2**20
-
-
 def _row(case, impl, ms=None, peak=None, ratio=None, note=""):
     return {"suite": SUITE, "case": case, "impl": impl, "ms": ms, "peak_mib": peak, "ratio_vs_ref": ratio,
             "note": note}
@@ -98,7 +81,7 @@ def _measure(case, impl, build, warmup, repeats, n, ref_ms=None, extra_note=""):
         step()  # first call: compilation / autotuning, outside the timing
         torch.cuda.synchronize()
         first_s = time.perf_counter() - t0
-        ms, peak = _time_cuda(step, warmup, repeats)
+        ms, peak = cuda_step_ms_and_peak(step, warmup, repeats)
         note = f"{n / ms * 1e3:.0f} seq/s; first call {first_s:.1f} s{extra_note}"
         return _row(case, impl, ms, peak, None if ref_ms is None else ref_ms / ms, note)
     except torch.cuda.OutOfMemoryError:

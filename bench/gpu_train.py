@@ -31,8 +31,11 @@ import numpy as np
 import torch
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
-if os.path.dirname(_HERE) not in sys.path:
-    sys.path.insert(0, os.path.dirname(_HERE))
+for _p in (os.path.dirname(_HERE), _HERE):
+    if _p not in sys.path:
+        sys.path.insert(0, _p)
+
+from _timing import cuda_step_ms_and_peak  # noqa: E402
 
 NTU60_XSUB_TRAIN = 40_091
 FRAMES = 50
@@ -143,22 +146,6 @@ def make_reference_step(device, batch: int = BATCH, frames: int = FRAMES, amp: b
     return step
 
 
-def _time_cuda(fn, warmup: int, repeats: int) -> tuple[float, float]:
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times), torch.cuda.max_memory_allocated() / 2**20
-
-
 def _guard(suite, case, impl, fn):
     """Run ``fn() -> row``; turn OOM and other errors into rows so one case never stops the rest."""
     try:
@@ -204,7 +191,7 @@ def run(out_dir: str, quick: bool = False) -> list[dict]:
     for impl, make in (("reference", make_reference_step), ("skelcl-bf16", make_skelcl_step)):
         def one(impl=impl, make=make):
             fn = make(device)
-            ms, peak = _time_cuda(fn, warmup=3, repeats=repeats)
+            ms, peak = cuda_step_ms_and_peak(fn, warmup=3, repeats=repeats)
             return _row("train_step", step_case, impl, ms, peak, None, f"{BATCH / ms * 1e3:.0f} seq/s")
 
         step_rows[impl] = _guard("train_step", step_case, impl, one)

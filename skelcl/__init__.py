@@ -25,7 +25,9 @@ def _expose_checkout_kernels() -> None:
     init = os.path.join(checkout, "__init__.py")
     if not os.path.isfile(init):
         return
-    spec = importlib.util.spec_from_file_location("skelcl.kernels", init, submodule_search_locations=[checkout])
+    spec = importlib.util.spec_from_file_location(
+        "skelcl.kernels", init, submodule_search_locations=[checkout]
+    )
     module = importlib.util.module_from_spec(spec)
     sys.modules["skelcl.kernels"] = module
     spec.loader.exec_module(module)

@@ -35,7 +35,9 @@ def load_extension(name: str, sources: tuple[str, ...]):
     if os.environ.get("SKELCL_NO_CPP") == "1":
         return None
     paths = [os.path.join(csrc_dir(), s) for s in sources]
-    flags = ["-O3", "-fopenmp", "-march=native"] if os.environ.get("SKELCL_NATIVE") == "1" else ["-O3", "-fopenmp"]
+    flags = ["-O3", "-fopenmp"]
+    if os.environ.get("SKELCL_NATIVE") == "1":
+        flags.append("-march=native")
     try:
         return cpp_extension.load(
             name=name,

@@ -212,13 +212,6 @@ def _set_rng_state(state: dict, aug_gen: torch.Generator, device: torch.device) 
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
-def _drain(batches) -> None:
-    """Consume the rest of a loader iteration left early (stop, NaN), so its prefetch thread can
-    hand over its last item and exit instead of blocking the generator's close."""
-    for _ in batches:
-        pass
-
-
 def contrastive_loss(model: nn.Module, x1, x2, temperature: float, group, amp_dtype) -> torch.Tensor:
     """NT-Xent of the projections of both views; one forward pass over the 2N sequences."""
     from skelcl.ops import ntxent_loss
@@ -459,7 +452,7 @@ def _run(cfg: TrainConfig, info, data=None) -> dict:
                     stopped = True  # an interruption: no checkpoint, no evaluation
                     break
         finally:
-            _drain(batches)
+            batches.close()  # stops the loader's prefetch thread when the epoch is left early
         if stopped:
             break
         flush(t_last, seen_last)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -107,6 +108,19 @@ def test_early_break_stops_the_thread():
         if i == 1:
             break
     assert threading.active_count() == before
+
+
+def test_closing_with_the_queue_full_at_the_end_does_not_hang():
+    # 4 batches, prefetch 2: after 2 are taken the producer fills the queue with the last two and
+    # then waits to hand over the end marker; closing the iterator must still stop it.
+    loader = BatchLoader(_data(n=8), 2, shuffle=False, prefetch=2)
+    it = iter(loader)
+    next(it), next(it)
+    time.sleep(0.3)  # let the producer reach the end marker
+    closer = threading.Thread(target=it.close, daemon=True)
+    closer.start()
+    closer.join(timeout=10)
+    assert not closer.is_alive(), "closing the loader hung on the producer thread"
 
 
 def test_producer_errors_reach_the_caller():

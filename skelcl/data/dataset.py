@@ -73,6 +73,8 @@ class SkeletonArrays:
     def train_test(self, benchmark: str) -> tuple[SkeletonArrays, SkeletonArrays]:
         """(train, test) subsets of a benchmark named in ``splits``."""
         if benchmark not in self.splits:
-            raise ValueError(f"benchmark {benchmark!r} is not defined for this data; it has {sorted(self.splits)}")
+            raise ValueError(
+                f"benchmark {benchmark!r} is not defined for this data; it has {sorted(self.splits)}"
+            )
         mask = self.splits[benchmark]
         return self.take(mask), self.take(~mask)

@@ -123,21 +123,26 @@ class BatchLoader:
         q: queue.Queue = queue.Queue(maxsize=self.prefetch)
         stop = threading.Event()
 
+        def hand_over(item) -> bool:
+            """Put ``item`` on the queue unless the consumer has gone; False once it has."""
+            while not stop.is_set():
+                try:
+                    q.put(item, timeout=0.1)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
         def produce():
+            # Every put, the end marker and errors included, gives up once the consumer stops,
+            # so closing the iterator early never leaves this thread blocked on a full queue.
             try:
                 for idx in batches:
-                    item = self._gather(idx)
-                    while not stop.is_set():
-                        try:
-                            q.put(item, timeout=0.1)
-                            break
-                        except queue.Full:
-                            continue
-                    if stop.is_set():
+                    if not hand_over(self._gather(idx)):
                         return
-                q.put(_DONE)
+                hand_over(_DONE)
             except BaseException as e:  # handed to the consumer, which re-raises it
-                q.put(e)
+                hand_over(e)
 
         worker = threading.Thread(target=produce, name="skelcl-batch-loader", daemon=True)
         worker.start()
