@@ -9,8 +9,24 @@ import pytest
 import torch
 from torch import nn
 
+import skelcl.optim.lars as lars_module
 from skelcl.optim import LARS
 from skelcl.reference import LARSReference
+
+# "fused": the C++ kernel (csrc/lars.cpp) that CPU float32/float64 groups use; "scalar": the
+# foreach path with 0-dim trust ratios (its CPU fallback); "flat": the foreach path as on CUDA.
+PATHS = ["fused", "scalar", "flat"]
+
+
+def use_path(opt: LARS, path: str) -> LARS:
+    if path == "fused":
+        if lars_module._cpu_op() is None:
+            pytest.skip("the C++ extension could not be built")
+        opt._fused_cpu = True
+    else:
+        opt._fused_cpu = False
+        opt._broadcast = path
+    return opt
 
 
 class SmallNet(nn.Module):
@@ -75,15 +91,14 @@ def config_id(config: dict) -> str:
     return ",".join(f"{k}={v}" for k, v in config.items()) or "default"
 
 
-@pytest.mark.parametrize("broadcast", ["scalar", "flat"])
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("config", CONFIGS, ids=config_id)
-def test_matches_reference_float64_20_steps(config, broadcast, rng):
+def test_matches_reference_float64_20_steps(config, path, rng):
     lr = 0.7  # large, so that the trust ratios (about 1e-3) move the weights visibly
     ref_net = make_net(torch.float64)
     net = copy.deepcopy(ref_net)
     start = copy.deepcopy(ref_net)
-    opt = LARS(net.parameters(), lr=lr, **config)
-    opt._broadcast = broadcast  # "flat" is the CUDA code path, run here on CPU tensors
+    opt = use_path(LARS(net.parameters(), lr=lr, **config), path)  # "flat": the CUDA code path on CPU
     batches = make_batches(20, torch.float64, rng)
     train(ref_net, LARSReference(ref_net.parameters(), lr=lr, **config), batches)
     train(net, opt, batches)
@@ -92,13 +107,14 @@ def test_matches_reference_float64_20_steps(config, broadcast, rng):
     assert moved > 1e-4  # the comparison is not between two unchanged models
 
 
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_matches_reference_in_float32_and_float64(dtype, rng):
+def test_matches_reference_in_float32_and_float64(dtype, path, rng):
     ref_net = make_net(dtype)
     net = copy.deepcopy(ref_net)
     batches = make_batches(5, dtype, rng)
     train(ref_net, LARSReference(ref_net.parameters(), lr=0.5, nesterov=True), batches)
-    train(net, LARS(net.parameters(), lr=0.5, nesterov=True), batches)
+    train(net, use_path(LARS(net.parameters(), lr=0.5, nesterov=True), path), batches)
     tol = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-12)
     assert_nets_close(net, ref_net, **tol)
 
@@ -136,9 +152,9 @@ def test_mixed_dtypes_in_one_group(rng):
         torch.testing.assert_close(p, r, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("broadcast", ["scalar", "flat"])
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("clip", [False, True])
-def test_zero_norm_parameters_use_trust_one(clip, broadcast, rng):
+def test_zero_norm_parameters_use_trust_one(clip, path, rng):
     """A zero weight, a zero gradient, and both: trust ratio 1, as in the reference."""
     shapes = [(6, 4), (3, 5), (2, 2), (7, 3)]
     weights = [torch.randn(s, generator=rng, dtype=torch.float64) for s in shapes]
@@ -149,8 +165,7 @@ def test_zero_norm_parameters_use_trust_one(clip, broadcast, rng):
     grads[2].zero_()  # both zero
     ours = [nn.Parameter(w.clone()) for w in weights]
     ref = [nn.Parameter(w.clone()) for w in weights]
-    opt = LARS(ours, lr=0.3, weight_decay=0.0, clip=clip)
-    opt._broadcast = broadcast
+    opt = use_path(LARS(ours, lr=0.3, weight_decay=0.0, clip=clip), path)
     ref_opt = LARSReference(ref, lr=0.3, weight_decay=0.0, clip=clip)
     for _ in range(2):
         for p, r, g in zip(ours, ref, grads):
@@ -161,16 +176,18 @@ def test_zero_norm_parameters_use_trust_one(clip, broadcast, rng):
         assert torch.isfinite(p).all()
         torch.testing.assert_close(p, r, rtol=1e-12, atol=1e-14)
     # First step of the zero weight, by hand: trust = 1 (min(1 / lr, 1) = 1 with clip), v = g.
-    one = LARS([nn.Parameter(torch.zeros(6, 4, dtype=torch.float64))], lr=0.3, weight_decay=0.0, clip=clip)
+    one = use_path(LARS([nn.Parameter(torch.zeros(6, 4, dtype=torch.float64))], lr=0.3, weight_decay=0.0,
+                        clip=clip), path)
     p = one.param_groups[0]["params"][0]
     p.grad = grads[0].clone()
     one.step()
     torch.testing.assert_close(p.detach(), -0.3 * grads[0], rtol=1e-14, atol=0)
 
 
-def test_gradients_are_not_modified_and_missing_gradients_skipped(rng):
+@pytest.mark.parametrize("path", PATHS)
+def test_gradients_are_not_modified_and_missing_gradients_skipped(path, rng):
     net = make_net(torch.float64)
-    opt = LARS(net.parameters(), lr=0.5, nesterov=True)
+    opt = use_path(LARS(net.parameters(), lr=0.5, nesterov=True), path)
     x, y = make_batches(1, torch.float64, rng)[0]
     ((net(x) - y) ** 2).mean().backward()
     net.fc2.bias.grad = None
@@ -184,12 +201,13 @@ def test_gradients_are_not_modified_and_missing_gradients_skipped(rng):
     assert net.fc2.bias not in opt.state
 
 
-def test_group_override_lars_exclude(rng):
+@pytest.mark.parametrize("path", PATHS)
+def test_group_override_lars_exclude(path, rng):
     # lars_exclude=False adapts 1-D tensors too: the reference with exclude_bias_and_norm=False.
     net = make_net(torch.float64)
     ref_net = copy.deepcopy(net)
     batches = make_batches(6, torch.float64, rng)
-    train(net, LARS([{"params": net.parameters(), "lars_exclude": False}], lr=0.5), batches)
+    train(net, use_path(LARS([{"params": net.parameters(), "lars_exclude": False}], lr=0.5), path), batches)
     train(ref_net, LARSReference(ref_net.parameters(), lr=0.5, exclude_bias_and_norm=False), batches)
     assert_nets_close(net, ref_net, rtol=1e-10, atol=1e-12)
     # lars_exclude=True: plain momentum SGD for the whole group (no decay, no adaptation).
@@ -197,7 +215,7 @@ def test_group_override_lars_exclude(rng):
     sgd_net = copy.deepcopy(net)
     head = list(net.fc1.parameters()) + list(net.fc2.parameters())
     body = [p for p in net.parameters() if all(p is not h for h in head)]
-    opt = LARS([{"params": body}, {"params": head, "lars_exclude": True}], lr=0.5)
+    opt = use_path(LARS([{"params": body}, {"params": head, "lars_exclude": True}], lr=0.5), path)
     sgd_head = list(sgd_net.fc1.parameters()) + list(sgd_net.fc2.parameters())
     sgd_body = [p for p in sgd_net.parameters() if all(p is not h for h in sgd_head)]
     sgd = [LARSReference(sgd_body, lr=0.5), torch.optim.SGD(sgd_head, lr=0.5, momentum=0.9)]
@@ -213,13 +231,14 @@ def test_group_override_lars_exclude(rng):
     assert_nets_close(net, sgd_net, rtol=1e-10, atol=1e-12)
 
 
-def test_state_dict_round_trip_continues_identically(rng):
+@pytest.mark.parametrize("path", PATHS)
+def test_state_dict_round_trip_continues_identically(path, rng):
     batches = make_batches(20, torch.float64, rng)
     net = make_net(torch.float64)
     resumed = copy.deepcopy(net)
-    train(net, LARS(net.parameters(), lr=0.5, nesterov=True), batches)
+    train(net, use_path(LARS(net.parameters(), lr=0.5, nesterov=True), path), batches)
 
-    opt = LARS(resumed.parameters(), lr=0.5, nesterov=True)
+    opt = use_path(LARS(resumed.parameters(), lr=0.5, nesterov=True), path)
     train(resumed, opt, batches[:10])
     blob = io.BytesIO()
     torch.save({"model": resumed.state_dict(), "opt": opt.state_dict()}, blob)
@@ -227,7 +246,7 @@ def test_state_dict_round_trip_continues_identically(rng):
     saved = torch.load(blob)
     fresh = make_net(torch.float64, seed=99)
     fresh.load_state_dict(saved["model"])
-    fresh_opt = LARS(fresh.parameters(), lr=0.5, nesterov=True)
+    fresh_opt = use_path(LARS(fresh.parameters(), lr=0.5, nesterov=True), path)
     fresh_opt.load_state_dict(saved["opt"])
     assert all("momentum_buffer" in fresh_opt.state[p] for p in fresh.parameters())
     train(fresh, fresh_opt, batches[10:])
@@ -235,11 +254,12 @@ def test_state_dict_round_trip_continues_identically(rng):
         assert torch.equal(a, b)
 
 
-def test_grad_scaler_steps_and_skips_on_inf(rng):
+@pytest.mark.parametrize("path", PATHS)
+def test_grad_scaler_steps_and_skips_on_inf(path, rng):
     batches = make_batches(4, torch.float32, rng)
     net = make_net(torch.float32)
     ref_net = copy.deepcopy(net)
-    opt = LARS(net.parameters(), lr=0.5)
+    opt = use_path(LARS(net.parameters(), lr=0.5), path)
     ref_opt = LARSReference(ref_net.parameters(), lr=0.5)
     scalers = [torch.amp.GradScaler("cpu", init_scale=2.0**10) for _ in range(2)]
     for x, y in batches:
@@ -267,6 +287,68 @@ def test_grad_scaler_steps_and_skips_on_inf(rng):
     for p, w, v in zip(net.parameters(), weights, buffers):
         assert torch.equal(p, w)
         assert torch.equal(opt.state[p]["momentum_buffer"], v)
+
+
+def test_cpu_groups_take_the_fused_kernel_when_they_can(monkeypatch, rng):
+    if lars_module._cpu_op() is None:
+        pytest.skip("the C++ extension could not be built")
+    calls = []
+    real = lars_module._cpu_op()
+
+    def counted(*args):
+        calls.append(len(args[0]))
+        return real(*args)
+
+    monkeypatch.setattr(lars_module, "_cpu_op", lambda: counted)
+    net = make_net(torch.float64)
+    train(net, LARS(net.parameters(), lr=0.5), make_batches(2, torch.float64, rng))
+    assert calls == [len(list(net.parameters()))] * 2  # one call per step for the whole group
+    calls.clear()  # bfloat16 is not fused: the foreach path runs
+    w = nn.Parameter(torch.randn(3, 4, generator=rng).to(torch.bfloat16))
+    w.grad = torch.randn(3, 4, generator=rng).to(torch.bfloat16)
+    LARS([w], lr=0.5).step()
+    assert calls == []
+
+
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_non_contiguous_parameters_fall_back_to_foreach(nesterov, rng):
+    """A transposed weight or gradient cannot go to the kernel: the foreach path handles the group."""
+    base = torch.randn(7, 5, generator=rng, dtype=torch.float64)
+    weights = [base.t(), torch.randn(4, 6, generator=rng, dtype=torch.float64),
+               torch.randn(6, generator=rng, dtype=torch.float64)]
+    ours = [nn.Parameter(w.clone(memory_format=torch.preserve_format)) for w in weights]
+    assert not ours[0].is_contiguous()
+    ref = [nn.Parameter(w.clone()) for w in weights]
+    opt = LARS(ours, lr=0.4, nesterov=nesterov, weight_decay=1e-3)
+    ref_opt = LARSReference(ref, lr=0.4, nesterov=nesterov, weight_decay=1e-3)
+    for step in range(4):
+        grads = [torch.randn(w.shape, generator=rng, dtype=torch.float64) for w in weights]
+        if step == 2:
+            grads[1] = torch.randn(6, 4, generator=rng, dtype=torch.float64).t()  # non-contiguous gradient
+        for p, r, g in zip(ours, ref, grads):
+            p.grad, r.grad = g.clone(memory_format=torch.preserve_format), g.clone()
+        opt.step()
+        ref_opt.step()
+    for p, r in zip(ours, ref):
+        torch.testing.assert_close(p, r, rtol=1e-12, atol=1e-14)
+
+
+def test_fused_matches_foreach_in_float32_on_many_chunks(rng):
+    """Tensors longer than one kernel chunk (parallel partial sums), adapted and excluded, float32."""
+    shapes = [(300, 257), (70001,), (64, 3, 3, 3), (1,), (0, 4)]
+    weights = [0.1 * torch.randn(s, generator=rng) for s in shapes]
+    fused = [nn.Parameter(w.clone()) for w in weights]
+    loop = [nn.Parameter(w.double()) for w in weights]
+    opt = use_path(LARS(fused, lr=0.8, nesterov=True, weight_decay=1e-4), "fused")
+    ref_opt = LARSReference(loop, lr=0.8, nesterov=True, weight_decay=1e-4)
+    for _ in range(5):
+        grads = [torch.randn(s, generator=rng) for s in shapes]
+        for p, r, g in zip(fused, loop, grads):
+            p.grad, r.grad = g.clone(), g.double()
+        opt.step()
+        ref_opt.step()
+    for p, r in zip(fused, loop):
+        torch.testing.assert_close(p.double(), r.detach(), rtol=1e-5, atol=1e-6)
 
 
 def test_closure_returns_loss(rng):

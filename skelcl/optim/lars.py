@@ -1,4 +1,5 @@
-"""LARS with SimCLR semantics, applied to all parameters at once with torch._foreach_* operations."""
+"""LARS with SimCLR semantics, applied to all parameters at once: a fused C++ kernel on CPU
+(csrc/lars.cpp), torch._foreach_* operations elsewhere."""
 
 from __future__ import annotations
 
@@ -35,7 +36,11 @@ class LARS(torch.optim.Optimizer):
     from ``torch._foreach_norm``, and the trust ratios stay on the device as one tensor (the
     zero-norm rule is a ``torch.where``). Nothing reads a tensor value on the host, so a step
     never waits for the device. ``lr`` and the other hyper-parameters must be Python numbers.
-    Gradients are not modified. The momentum buffer of each parameter lives in
+    Gradients are not modified. On CPU, float32 and float64 groups of contiguous tensors go to a
+    fused C++/OpenMP kernel instead (``torch.ops.skelcl.lars_step_``, built from csrc/lars.cpp on
+    first use): one pass reads ``w`` and ``g`` for both norms (in double), a second one updates
+    ``w`` and ``v``, where the foreach path makes one memory pass per operation; it falls back to
+    the foreach path when the extension cannot be built. The momentum buffer of each parameter lives in
     ``state[p]["momentum_buffer"]`` and round-trips through ``state_dict``.
 
     With AMP, call ``scaler.unscale_(opt)`` (optional, e.g. before gradient clipping) and then
@@ -79,11 +84,14 @@ class LARS(torch.optim.Optimizer):
         self._spread: dict[tuple, tuple] = {}
         # "auto": flat broadcast on CUDA, 0-dim scalars elsewhere; tests force either one.
         self._broadcast = "auto"
+        # The fused C++ kernel for eligible CPU buckets; tests set it False to run the foreach path.
+        self._fused_cpu = True
 
     def __setstate__(self, state):
         super().__setstate__(state)
         self.__dict__.setdefault("_spread", {})
         self.__dict__.setdefault("_broadcast", "auto")
+        self.__dict__.setdefault("_fused_cpu", True)
         for group in self.param_groups:
             group.setdefault("lars_exclude", None)
 
@@ -120,6 +128,13 @@ class LARS(torch.optim.Optimizer):
         lr, m = group["lr"], group["momentum"]
         params = adapted + excluded
         bufs = [self.state[p]["momentum_buffer"] for p in params]
+        grads = [p.grad for p in params]
+        if self._fused_cpu and _fusable(params, grads, bufs):
+            op = _cpu_op()
+            if op is not None:
+                op(params, grads, bufs, len(adapted), float(lr), float(m), float(group["weight_decay"]),
+                   float(group["trust_coefficient"]), float(group["eps"]), group["clip"], group["nesterov"])
+                return
         # u = g + wd * w for the adapted tensors (new tensors: p.grad stays untouched), g otherwise.
         u = [p.grad for p in excluded]
         if adapted:
@@ -179,6 +194,31 @@ class LARS(torch.optim.Optimizer):
         ids, buffer, views = cached
         torch.index_select(trust, 0, ids, out=buffer)
         return views
+
+
+_FUSED_DTYPES = (torch.float32, torch.float64)
+_CPU_OP: list = []  # [torch.ops.skelcl.lars_step_ or None] once the build was tried
+
+
+def _fusable(params: list[Tensor], grads: list[Tensor], bufs: list[Tensor]) -> bool:
+    """Whether the fused CPU kernel takes this bucket: contiguous CPU float32/float64 tensors."""
+    first = params[0]
+    if first.device.type != "cpu" or first.dtype not in _FUSED_DTYPES:
+        return False
+    return all(p.is_contiguous() and g.is_contiguous() and v.is_contiguous()
+               and g.dtype == p.dtype and v.dtype == p.dtype and v.device == p.device and g.device == p.device
+               and g.shape == p.shape and v.shape == p.shape and not g.is_sparse
+               for p, g, v in zip(params, grads, bufs))
+
+
+def _cpu_op():
+    """torch.ops.skelcl.lars_step_, or None when the C++ extension cannot be built."""
+    if not _CPU_OP:
+        from skelcl._cpp import load_extension
+
+        ok = load_extension("skelcl_lars", ("lars.cpp",)) is not None
+        _CPU_OP.append(torch.ops.skelcl.lars_step_.default if ok else None)
+    return _CPU_OP[0]
 
 
 def _check_number(name: str, value, minimum: float) -> None:
