@@ -36,7 +36,7 @@
 namespace {
 
 constexpr int64_t kChunk = 1 << 14;
-constexpr int64_t kSegment = 1 << 18;
+constexpr int64_t kSegment = 1 << 16;
 constexpr int64_t kBlock = 1024;
 
 struct Chunk {

@@ -205,9 +205,9 @@ def _fusable(params: list[Tensor], grads: list[Tensor], bufs: list[Tensor]) -> b
     first = params[0]
     if first.device.type != "cpu" or first.dtype not in _FUSED_DTYPES:
         return False
-    return all(p.is_contiguous() and g.is_contiguous() and v.is_contiguous()
-               and g.dtype == p.dtype and v.dtype == p.dtype and v.device == p.device and g.device == p.device
-               and g.shape == p.shape and v.shape == p.shape and not g.is_sparse
+    # PyTorch keeps .grad at its parameter's dtype, device and shape; buffers loaded from a state
+    # dict are cast to the parameter's dtype and device, so only layout and buffer dtype vary.
+    return all(p.is_contiguous() and g.is_contiguous() and v.is_contiguous() and v.dtype == p.dtype
                for p, g, v in zip(params, grads, bufs))
 
 
