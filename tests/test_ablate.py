@@ -152,7 +152,7 @@ def test_cli_writes_table_csv_and_chart(tmp_path, capsys):
         "--benchmarks",
         "xview,xsub",
         "--settings",
-        "all-random,no-view-aug,encoder-d4-w8",
+        "all-random,no-view-aug,encoder-d4-w4",
         "--set",
         "batch_size=16",
         "--set",
@@ -164,7 +164,7 @@ def test_cli_writes_table_csv_and_chart(tmp_path, capsys):
     with open(paths["csv"]) as f:
         table = list(csv.DictReader(f))
     assert [(r["setting"], r["benchmark"]) for r in table] == [
-        (s, b) for s in ("all-random", "no-view-aug", "encoder-d4-w8") for b in ("xview", "xsub")
+        (s, b) for s in ("all-random", "no-view-aug", "encoder-d4-w4") for b in ("xview", "xsub")
     ]
     for r in table:
         values = [float(v) for v in r["linear_top1_values"].split()]
