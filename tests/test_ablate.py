@@ -9,7 +9,7 @@ import os
 
 import pytest
 
-from skelcl.ablate import SETTINGS, aggregate, main, run_ablation
+from skelcl.ablate import BASE_ENCODER, SETTINGS, aggregate, main, run_ablation
 
 
 class FakeTrainer:
@@ -65,8 +65,8 @@ def test_every_setting_gets_its_config(tmp_path):
             str(tmp_path), setting, config["benchmark"], f"seed{config['seed']}"
         )
         views[setting] = (config["views"], config.get("depth"), config.get("width"))
-    # a setting's own keys beat the shared overrides
-    assert views["all-random"] == ("paper", None, None)
+    # a setting's own keys beat the shared overrides; settings 1-7 get the base encoder
+    assert views["all-random"] == ("paper", BASE_ENCODER["depth"], BASE_ENCODER["width"])
     assert views["gamma-fixed"][0] == "no-gamma" and views["beta-fixed"][0] == "no-beta"
     assert views["alpha-fixed"][0] == "no-alpha" and views["distance-only"][0] == "distance-only"
     assert views["no-view-aug"][0] == "none" and views["frame-level"][0] == "paper-frame"
