@@ -29,7 +29,7 @@ LOG2E = 1.0 / math.log(2.0)
 LN2 = math.log(2.0)
 MAX_DIM = 512
 
-__all__ = ["normalize_rows", "ntxent_forward", "ntxent_backward", "MAX_DIM"]
+__all__ = ["normalize_rows", "ntxent_forward", "ntxent_backward", "operand_dtype", "MAX_DIM"]
 
 
 @triton.jit
@@ -103,9 +103,32 @@ def _fwd_kernel(Q, K, LSE2, LOSS, n_local, offset, n_total, D, stride_q, stride_
 
 
 @triton.jit
-def _bwd_kernel(Q, K, LSE2_ALL, INV, GOUT, DZ, n_local, offset, n_total, D, stride_q, stride_k,
-                stride_dz, scale2, coef, NORMALIZE: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
-                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+def _softmax_pair_weights(t, lse_r, lse_c, r_lo, r_hi, r_scale, col_ok):
+    """``p_jk + p_kj = exp2(t - lse_r) + exp2(t - lse_c)``, with one exp2 per element where it is safe.
+
+    ``exp2(t - lse_c) = exp2(t - lse_r) * exp2(lse_r - r_hi) * exp2(r_hi - lse_c)``: the last two
+    factors cost one exp2 per row and per column, so the tile needs one exp2 per element instead of
+    two (the exponential unit, not the matrix units, bounds this kernel). The product is used only
+    when every |lse_r - lse_c| in the tile is <= 60 (base 2), so that no factor overflows and a
+    first term that underflows can only hide a second term below 2^-66. Otherwise (very low
+    temperatures, unnormalised rows) the tile takes both exponentials.
+    """
+    c_lo = tl.min(tl.where(col_ok, lse_c, float("inf")), axis=0)
+    c_hi = tl.max(tl.where(col_ok, lse_c, float("-inf")), axis=0)
+    if (r_hi - c_lo <= 60.0) & (c_hi - r_lo <= 60.0):
+        e = tl.exp2(t - lse_r[:, None])
+        c_scale = tl.where(col_ok, tl.exp2(r_hi - lse_c), 0.0)
+        ratio = r_scale[:, None] * c_scale[None, :]  # exp2(lse_r - lse_c)
+        w = e + e * ratio
+    else:
+        w = tl.exp2(t - lse_r[:, None]) + tl.exp2(t - lse_c[None, :])
+    return w
+
+
+@triton.jit
+def _bwd_kernel(Q, K, LSE2_ALL, Z1, Z2, INV, GOUT, DZ, n_local, offset, n_total, D, stride_q, stride_k,
+                stride_1, stride_2, stride_dz, scale2, coef, NORMALIZE: tl.constexpr, PRECISION: tl.constexpr,
+                UPCAST: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     row_ok = rows < 2 * n_local
     grow = _global_rows(rows, n_local, offset, n_total)
@@ -114,6 +137,10 @@ def _bwd_kernel(Q, K, LSE2_ALL, INV, GOUT, DZ, n_local, offset, n_total, D, stri
     d_ok = dcols[None, :] < D
     q = tl.load(Q + rows[:, None] * stride_q + dcols[None, :], mask=row_ok[:, None] & d_ok, other=0.0)
     lse_r = tl.load(LSE2_ALL + grow, mask=row_ok, other=0.0)
+    r_lo = tl.min(tl.where(row_ok, lse_r, float("inf")), axis=0)
+    r_hi = tl.max(tl.where(row_ok, lse_r, float("-inf")), axis=0)
+    # exp2(lse_r - r_hi): in [2^-120, 1] wherever a tile takes the one-exponential path.
+    r_scale = tl.where(row_ok, tl.exp2(tl.maximum(lse_r - r_hi, -126.0)), 0.0)
 
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     for start in range(0, m_total, BLOCK_N):
@@ -123,7 +150,7 @@ def _bwd_kernel(Q, K, LSE2_ALL, INV, GOUT, DZ, n_local, offset, n_total, D, stri
         lse_c = tl.load(LSE2_ALL + cols, mask=col_ok, other=0.0)
         t = _mm(q, tl.trans(k), None, PRECISION, UPCAST) * scale2
         # p_jk + p_kj: the row's own softmax plus the key row's softmax at this anchor.
-        w = tl.exp2(t - lse_r[:, None]) + tl.exp2(t - lse_c[None, :])
+        w = _softmax_pair_weights(t, lse_r, lse_c, r_lo, r_hi, r_scale, col_ok)
         w = tl.where(col_ok[None, :] & (cols[None, :] != grow[:, None]), w, 0.0)
         acc = _mm(w.to(k.dtype), k, acc, PRECISION, UPCAST)
 
@@ -131,11 +158,17 @@ def _bwd_kernel(Q, K, LSE2_ALL, INV, GOUT, DZ, n_local, offset, n_total, D, stri
     kp = tl.load(K + gpos[:, None] * stride_k + dcols[None, :], mask=row_ok[:, None] & d_ok, other=0.0)
     g = (acc - 2.0 * kp.to(tl.float32)) * (coef * tl.load(GOUT).to(tl.float32))
     if NORMALIZE:
-        # d(z/|z|) = (I - zhat zhat^T) / |z|
-        qf = q.to(tl.float32)
-        radial = tl.sum(qf * g, axis=1)
+        # d(z/|z|) = (I - zhat zhat^T) / |z|, with zhat from the raw rows in float32 (Q may hold
+        # them rounded to 16 bits for the products).
+        in1 = rows < n_local
+        in2 = (rows >= n_local) & row_ok
+        x1 = tl.load(Z1 + rows[:, None] * stride_1 + dcols[None, :], mask=in1[:, None] & d_ok, other=0.0)
+        x2 = tl.load(Z2 + (rows[:, None] - n_local) * stride_2 + dcols[None, :], mask=in2[:, None] & d_ok,
+                     other=0.0)
         inv = tl.load(INV + rows, mask=row_ok, other=0.0)
-        g = (g - qf * radial[:, None]) * inv[:, None]
+        zhat = (x1.to(tl.float32) + x2.to(tl.float32)) * inv[:, None]
+        radial = tl.sum(zhat * g, axis=1)
+        g = (g - zhat * radial[:, None]) * inv[:, None]
     tl.store(DZ + rows[:, None] * stride_dz + dcols[None, :], g.to(DZ.dtype.element_ty),
              mask=row_ok[:, None] & d_ok)
 
@@ -144,11 +177,15 @@ def _block_d(dim: int) -> int:
     return max(16, triton.next_power_of_2(dim))
 
 
+Config = tuple[int, int, int, int]  # (BLOCK_M, BLOCK_N, num_warps, num_stages)
+
+
 def _config(dim: int, dtype: torch.dtype, backward: bool) -> tuple[int, int, int, int]:
     """(BLOCK_M, BLOCK_N, num_warps, num_stages): flash-attention-like tiles, smaller for wide rows.
 
-    The backward holds a (BLOCK_M, D) float32 accumulator next to the query tile, so with 4-byte
-    inputs it takes half the rows to stay within the register file.
+    ``dtype`` is the dtype of the product operands. The backward holds a (BLOCK_M, D) float32
+    accumulator next to the query tile, so with 4-byte operands it takes half the rows to stay
+    within the register file.
     """
     bd = _block_d(dim)
     if bd <= 128:
@@ -161,17 +198,31 @@ def _config(dim: int, dtype: torch.dtype, backward: bool) -> tuple[int, int, int
 
 
 def _upcast(dtype: torch.dtype) -> bool:
-    return dtype == torch.bfloat16 and os.environ.get("TRITON_INTERPRET") == "1"
+    return dtype in (torch.bfloat16, torch.float16) and os.environ.get("TRITON_INTERPRET") == "1"
 
 
 def _precision(dtype: torch.dtype, allow_tf32: bool) -> str:
     return "tf32" if (allow_tf32 or dtype != torch.float32) else "ieee"
 
 
-def normalize_rows(z1: torch.Tensor, z2: torch.Tensor, normalize: bool = True):
-    """``[z1; z2]`` row-normalised -> (zhat (2n, D) in the input dtype, inv_norm (2n,), sumsq (2n,) fp32)."""
+def operand_dtype(dtype: torch.dtype, normalize: bool, allow_tf32: bool) -> torch.dtype:
+    """The dtype the similarity products read.
+
+    float32 rows that may use tf32 and are normalised are stored once in float16 for the products:
+    float16 keeps tf32's 10-bit mantissa, its range covers unit rows, and its tensor-core products
+    run at twice tf32's rate with half the bytes to load. Everything else keeps the input dtype.
+    """
+    if dtype == torch.float32 and allow_tf32 and normalize:
+        return torch.float16
+    return dtype
+
+
+def normalize_rows(z1: torch.Tensor, z2: torch.Tensor, normalize: bool = True,
+                   out_dtype: torch.dtype | None = None):
+    """``[z1; z2]`` row-normalised -> (zhat (2n, D) in ``out_dtype`` (default z1's), inv_norm (2n,),
+    sumsq (2n,) fp32)."""
     n, dim = z1.shape
-    zh = torch.empty((2 * n, dim), dtype=z1.dtype, device=z1.device)
+    zh = torch.empty((2 * n, dim), dtype=out_dtype or z1.dtype, device=z1.device)
     inv = torch.empty(2 * n, dtype=torch.float32, device=z1.device)
     sumsq = torch.empty(2 * n, dtype=torch.float32, device=z1.device)
     block_m = 32 if _block_d(dim) <= 128 else 8
@@ -182,30 +233,39 @@ def normalize_rows(z1: torch.Tensor, z2: torch.Tensor, normalize: bool = True):
 
 
 def ntxent_forward(q: torch.Tensor, keys: torch.Tensor, n_local: int, offset: int, n_total: int,
-                   temperature: float, allow_tf32: bool = True):
-    """Per local row: (lse in base-2 logit units, loss term in nats), both (2 n_local,) float32."""
+                   temperature: float, allow_tf32: bool = True, config: Config | None = None):
+    """Per local row: (lse in base-2 logit units, loss term in nats), both (2 n_local,) float32.
+
+    ``config``: (BLOCK_M, BLOCK_N, num_warps, num_stages) instead of the tuned default (benchmarks).
+    """
     dim = q.shape[1]
     lse2 = torch.empty(2 * n_local, dtype=torch.float32, device=q.device)
     loss = torch.empty_like(lse2)
-    bm, bn, warps, stages = _config(dim, q.dtype, backward=False)
+    bm, bn, warps, stages = config or _config(dim, q.dtype, backward=False)
     grid = (triton.cdiv(2 * n_local, bm),)
     _fwd_kernel[grid](q, keys, lse2, loss, n_local, offset, n_total, dim, q.stride(0), keys.stride(0),
-                      LOG2E / temperature, PRECISION=_precision(q.dtype, allow_tf32), UPCAST=_upcast(q.dtype), BLOCK_M=bm,
-                      BLOCK_N=bn, BLOCK_D=_block_d(dim), num_warps=warps, num_stages=stages)
+                      LOG2E / temperature, PRECISION=_precision(q.dtype, allow_tf32), UPCAST=_upcast(q.dtype),
+                      BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=_block_d(dim), num_warps=warps, num_stages=stages)
     return lse2, loss
 
 
-def ntxent_backward(q: torch.Tensor, keys: torch.Tensor, lse2_all: torch.Tensor, inv_norm: torch.Tensor,
-                    grad_out: torch.Tensor, n_local: int, offset: int, n_total: int, temperature: float,
-                    normalize: bool = True, allow_tf32: bool = True) -> torch.Tensor:
-    """Gradient of the global mean loss w.r.t. the local raw rows ``[z1; z2]``: (2 n_local, D), q's dtype."""
+def ntxent_backward(q: torch.Tensor, keys: torch.Tensor, lse2_all: torch.Tensor, z1: torch.Tensor,
+                    z2: torch.Tensor, inv_norm: torch.Tensor, grad_out: torch.Tensor, n_local: int,
+                    offset: int, n_total: int, temperature: float, normalize: bool = True,
+                    allow_tf32: bool = True, config: Config | None = None) -> torch.Tensor:
+    """Gradient of the global mean loss w.r.t. the local raw rows ``[z1; z2]``: (2 n_local, D) in z1's dtype.
+
+    ``q``/``keys`` are the normalised rows in the operand dtype; z1, z2 the raw local rows (the
+    normalisation's chain rule reads them in float32).
+    """
     dim = q.shape[1]
-    dz = torch.empty_like(q)
-    bm, bn, warps, stages = _config(dim, q.dtype, backward=True)
+    dz = torch.empty((2 * n_local, dim), dtype=z1.dtype, device=q.device)
+    bm, bn, warps, stages = config or _config(dim, q.dtype, backward=True)
     grid = (triton.cdiv(2 * n_local, bm),)
     coef = 1.0 / (2 * n_total * temperature)
-    _bwd_kernel[grid](q, keys, lse2_all, inv_norm, grad_out, dz, n_local, offset, n_total, dim,
-                      q.stride(0), keys.stride(0), dz.stride(0), LOG2E / temperature, coef,
-                      NORMALIZE=normalize, PRECISION=_precision(q.dtype, allow_tf32), UPCAST=_upcast(q.dtype), BLOCK_M=bm,
-                      BLOCK_N=bn, BLOCK_D=_block_d(dim), num_warps=warps, num_stages=stages)
+    _bwd_kernel[grid](q, keys, lse2_all, z1, z2, inv_norm, grad_out, dz, n_local, offset, n_total, dim,
+                      q.stride(0), keys.stride(0), z1.stride(0), z2.stride(0), dz.stride(0),
+                      LOG2E / temperature, coef, NORMALIZE=normalize, PRECISION=_precision(q.dtype, allow_tf32),
+                      UPCAST=_upcast(q.dtype), BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=_block_d(dim),
+                      num_warps=warps, num_stages=stages)
     return dz

@@ -118,6 +118,55 @@ def test_triton_float16(triton_device, rng):
 
 
 @pytest.mark.triton
+@pytest.mark.parametrize("n,d,tau", [(9, 100, 0.1), (70, 128, 0.05)])
+def test_triton_float32_with_tf32_products(n, d, tau, triton_device, rng):
+    """The default for float32 (allow_tf32=True): products of unit rows rounded to a 10-bit mantissa."""
+    z1, z2 = _inputs(n, d, rng, torch.float32)
+    loss, g1, g2 = _ours(z1, z2, tau, triton_device, backend="triton")
+    want, w1, w2 = _reference(z1, z2, tau)
+    assert loss.dtype == torch.float32
+    assert abs(loss.item() - want.item()) <= 2e-3 * max(want.item(), 1.0)
+    for got, ref_grad in ((g1, w1), (g2, w2)):
+        scale = ref_grad.abs().max().item()
+        assert (got.double() - ref_grad).abs().max().item() <= 3e-3 * scale
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize(
+    "dtype,normalize,allow_tf32,operand",
+    [(torch.float32, True, True, torch.float16), (torch.float32, True, False, torch.float32),
+     (torch.float32, False, True, torch.float32), (torch.bfloat16, True, True, torch.bfloat16),
+     (torch.float16, True, True, torch.float16)],
+)
+def test_triton_operand_dtype(dtype, normalize, allow_tf32, operand, triton_device):
+    """Only normalised float32 rows with tf32 allowed are stored as float16 for the products."""
+    kernels = ntxent_mod._kernels()
+    assert kernels.operand_dtype(dtype, normalize, allow_tf32) == operand
+    z = torch.randn(3, 8, dtype=dtype, device=triton_device)
+    zh, inv, _ = kernels.normalize_rows(z, z, normalize, kernels.operand_dtype(dtype, normalize, allow_tf32))
+    assert zh.dtype == operand and zh.shape == (6, 8) and inv.dtype == torch.float32
+
+
+@pytest.mark.triton
+def test_triton_backward_wide_lse_spread(triton_device, rng):
+    """Log-sum-exps that differ by far more than 60 (base 2) within a tile: the backward takes two
+    exponentials per weight there instead of one (which would overflow), and still matches."""
+    z1, z2 = _inputs(24, 16, rng, torch.float32)
+    z1[:6] *= 8.0  # unnormalised: these rows' logits (and log-sum-exps) are ~64x the others'
+    z2[:6] *= 8.0
+    a, b = z1.double().requires_grad_(), z2.double().requires_grad_()
+    z = torch.cat([a, b])
+    logits = (z @ z.T / 0.5).fill_diagonal_(float("-inf"))
+    target = torch.cat([torch.arange(24, 48), torch.arange(0, 24)])
+    want = torch.nn.functional.cross_entropy(logits, target)
+    want.backward()
+    loss, g1, g2 = _ours(z1, z2, 0.5, triton_device, backend="triton", normalize=False, allow_tf32=False)
+    assert abs(loss.item() - want.item()) <= 2e-5 * max(want.item(), 1.0)
+    _assert_close(g1, a.grad, torch.float32, "dL/dz1")
+    _assert_close(g2, b.grad, torch.float32, "dL/dz2")
+
+
+@pytest.mark.triton
 def test_triton_noncontiguous_rows(triton_device, rng):
     z1, z2 = _inputs(6, 32, rng, torch.float32)
     wide1 = torch.zeros(6, 64, dtype=torch.float32)

@@ -29,13 +29,13 @@ def _global_batch(dtype):
 def _worker(rank, init_file, cases):
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
     try:
-        for backend, dtype, tol in cases:
-            _check_rank(rank, backend, dtype, tol)
+        for backend, dtype, tol, allow_tf32 in cases:
+            _check_rank(rank, backend, dtype, tol, allow_tf32)
     finally:
         dist.destroy_process_group()
 
 
-def _check_rank(rank, backend, dtype, tol):
+def _check_rank(rank, backend, dtype, tol, allow_tf32):
     from skelcl.ops import ntxent_loss
 
     z1, z2 = _global_batch(dtype)
@@ -47,7 +47,7 @@ def _check_rank(rank, backend, dtype, tol):
     rows = slice(rank * N_PER_RANK, (rank + 1) * N_PER_RANK)
     l1 = z1[rows].clone().requires_grad_()
     l2 = z2[rows].clone().requires_grad_()
-    loss = ntxent_loss(l1, l2, TAU, backend=backend)  # the default group: WORLD
+    loss = ntxent_loss(l1, l2, TAU, backend=backend, allow_tf32=allow_tf32)  # the default group: WORLD
     loss.backward()
     scale = a.grad.abs().max().item()
     assert abs(loss.double().item() - want.item()) <= tol * max(want.item(), 1.0), (backend, dtype)
@@ -68,7 +68,10 @@ def _check_rank(rank, backend, dtype, tol):
 
 def test_two_ranks_equal_one_process(tmp_path):
     # One spawn for every case: starting the ranks costs more than the checks.
-    cases = [("cpu", torch.float32, 2e-5), ("cpu", torch.bfloat16, 3e-2)]
+    cases = [("cpu", torch.float32, 2e-5, True), ("cpu", torch.bfloat16, 3e-2, True)]
     if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") == "1":
-        cases.append(("triton", torch.float32, 2e-5))  # the interpreter setting reaches the ranks
+        # The interpreter setting reaches the ranks. With tf32 allowed, float32 rows are multiplied
+        # as float16 (tf32's mantissa) and gathered as such; without, exactly.
+        cases += [("triton", torch.float32, 2e-5, False), ("triton", torch.float32, 2e-3, True),
+                  ("triton", torch.bfloat16, 3e-2, True)]
     mp.spawn(_worker, args=(str(tmp_path / "dist_init"), cases), nprocs=WORLD, join=True)

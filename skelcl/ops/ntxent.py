@@ -13,8 +13,15 @@ Backends (``backend=``):
 * ``"torch"``: the naive matrix formula with autograd (for checking; memory O(N^2)).
 * ``"auto"``: Triton for CUDA tensors with D <= 512, the chunked path otherwise.
 
-Both fused backends save only the normalised rows, their inverse norms and the 2N log-sum-exps, and
-reduce in a fixed order (no atomics), so ``deterministic=True`` needs no other code path.
+Both fused backends save only the normalised rows, their inverse norms and the 2N log-sum-exps (and
+keep references to the caller's z1, z2), and reduce in a fixed order (no atomics), so
+``deterministic=True`` needs no other code path.
+
+Precision on the Triton backend: products accumulate in float32. bf16/fp16 rows are multiplied as
+given. float32 rows use exact float32 products with ``allow_tf32=False``; with tf32 allowed (the
+default) and ``normalize=True`` the unit rows are stored once as float16 for the products, which keeps
+tf32's 10-bit mantissa at twice tf32's tensor-core rate (the loss and gradient then agree with float64
+to about 1e-3 relative, as with tf32); the gradient's epilogue reads the raw float32 rows.
 
 Distributed (``group`` given, or torch.distributed initialised with world size > 1): the global batch
 is ``[Z1; Z2]`` with every rank's rows, rank 0 first. Each rank gathers the normalised rows, computes
@@ -133,11 +140,17 @@ def _kernels():
     return ntxent
 
 
-def _normalize(backend: str, z1: Tensor, z2: Tensor, normalize: bool):
+def _rows_contiguous(z: Tensor) -> Tensor:
+    """The Triton kernels step through rows by stride(0) and need unit stride along D."""
+    return z if z.stride(-1) == 1 else z.contiguous()
+
+
+def _normalize(backend: str, z1: Tensor, z2: Tensor, normalize: bool, allow_tf32: bool):
+    """-> (zhat (2N, D) in the dtype the products read, inv_norm (2N,), sumsq (2N,))."""
     if backend == "triton":
-        z1 = z1 if z1.stride(-1) == 1 else z1.contiguous()
-        z2 = z2 if z2.stride(-1) == 1 else z2.contiguous()
-        return _kernels().normalize_rows(z1, z2, normalize)
+        kernels = _kernels()
+        out_dtype = kernels.operand_dtype(z1.dtype, normalize, allow_tf32)
+        return kernels.normalize_rows(_rows_contiguous(z1), _rows_contiguous(z2), normalize, out_dtype)
     return _chunked_normalize(z1, z2, normalize)
 
 
@@ -148,13 +161,16 @@ def _forward(backend, q, keys, n_local, offset, n_total, temperature, allow_tf32
     return _chunked_forward(q, keys, n_local, offset, n_total, temperature)
 
 
-def _backward(backend, q, keys, lse_all, inv, grad, n_local, offset, n_total, temperature, normalize,
-              allow_tf32):
+def _backward(backend, q, keys, lse_all, z1, z2, inv, grad, n_local, offset, n_total, temperature, normalize,
+              allow_tf32) -> Tensor:
+    """d loss / d [z1; z2] (2 n_local, D) in z1's dtype; z1, z2 are the raw local rows."""
     if backend == "triton":
         lse2 = (lse_all.float() * _LOG2E).contiguous()
-        return _kernels().ntxent_backward(q, keys, lse2, inv, grad.reshape(()).contiguous(), n_local,
-                                          offset, n_total, temperature, normalize, allow_tf32)
-    return _chunked_backward(q, keys, lse_all, inv, grad, n_local, offset, n_total, temperature, normalize)
+        return _kernels().ntxent_backward(q, keys, lse2, _rows_contiguous(z1), _rows_contiguous(z2), inv,
+                                          grad.reshape(()).contiguous(), n_local, offset, n_total,
+                                          temperature, normalize, allow_tf32)
+    dz = _chunked_backward(q, keys, lse_all, inv, grad, n_local, offset, n_total, temperature, normalize)
+    return dz.to(z1.dtype)
 
 
 def _nonfinite_message(sumsq: Tensor, n: int) -> str | None:
@@ -175,7 +191,7 @@ def _ntxent_fwd(z1: Tensor, z2: Tensor, temperature: float, normalize: bool, bac
                 allow_tf32: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """-> (loss, zhat (2N, D), inv_norm (2N,), lse (2N,)); the last three are saved for backward."""
     n = z1.shape[0]
-    zh, inv, sumsq = _normalize(backend, z1, z2, normalize)
+    zh, inv, sumsq = _normalize(backend, z1, z2, normalize, allow_tf32)
     problem = _nonfinite_message(sumsq, n)
     if problem:
         raise ValueError(problem)
@@ -187,7 +203,7 @@ def _ntxent_fwd(z1: Tensor, z2: Tensor, temperature: float, normalize: bool, bac
 def _ntxent_fwd_fake(z1, z2, temperature, normalize, backend, allow_tf32):
     n, dim = z1.shape
     if backend == "triton":
-        zdt, vdt = z1.dtype, torch.float32
+        zdt, vdt = _kernels().operand_dtype(z1.dtype, normalize, allow_tf32), torch.float32
     else:
         zdt = vdt = _compute_dtype(z1.dtype)
     return (z1.new_empty(()), z1.new_empty((2 * n, dim), dtype=zdt), z1.new_empty(2 * n, dtype=vdt),
@@ -195,30 +211,29 @@ def _ntxent_fwd_fake(z1, z2, temperature, normalize, backend, allow_tf32):
 
 
 @torch.library.custom_op("skelcl::ntxent_bwd", mutates_args=())
-def _ntxent_bwd(grad: Tensor, zh: Tensor, inv: Tensor, lse: Tensor, temperature: float, normalize: bool,
-                backend: str, allow_tf32: bool) -> Tensor:
-    """-> d loss / d [z1; z2], (2N, D) in zhat's dtype."""
-    n = zh.shape[0] // 2
-    return _backward(backend, zh, zh, lse, inv, grad, n, 0, n, temperature, normalize, allow_tf32)
+def _ntxent_bwd(grad: Tensor, zh: Tensor, z1: Tensor, z2: Tensor, inv: Tensor, lse: Tensor,
+                temperature: float, normalize: bool, backend: str, allow_tf32: bool) -> Tensor:
+    """-> d loss / d [z1; z2], (2N, D) in z1's dtype."""
+    n = z1.shape[0]
+    return _backward(backend, zh, zh, lse, z1, z2, inv, grad, n, 0, n, temperature, normalize, allow_tf32)
 
 
 @_ntxent_bwd.register_fake
-def _ntxent_bwd_fake(grad, zh, inv, lse, temperature, normalize, backend, allow_tf32):
-    return torch.empty_like(zh)
+def _ntxent_bwd_fake(grad, zh, z1, z2, inv, lse, temperature, normalize, backend, allow_tf32):
+    return z1.new_empty((2 * z1.shape[0], z1.shape[1]))
 
 
 def _setup_context(ctx, inputs, output):
-    z1, _, temperature, normalize, backend, allow_tf32 = inputs
+    z1, z2, temperature, normalize, backend, allow_tf32 = inputs
     _, zh, inv, lse = output
-    ctx.save_for_backward(zh, inv, lse)
+    ctx.save_for_backward(zh, z1, z2, inv, lse)  # z1, z2 are the caller's tensors: no extra memory
     ctx.args = (temperature, normalize, backend, allow_tf32)
-    ctx.in_dtype = z1.dtype
 
 
 def _ntxent_fwd_backward(ctx, grad_loss, *_unused):
-    zh, inv, lse = ctx.saved_tensors
-    dz = _ntxent_bwd(grad_loss, zh, inv, lse, *ctx.args).to(ctx.in_dtype)
-    n = zh.shape[0] // 2
+    zh, z1, z2, inv, lse = ctx.saved_tensors
+    dz = _ntxent_bwd(grad_loss, zh, z1, z2, inv, lse, *ctx.args)
+    n = z1.shape[0]
     return dz[:n], dz[n:], None, None, None, None
 
 
@@ -231,10 +246,10 @@ _ntxent_fwd.register_autograd(_ntxent_fwd_backward, setup_context=_setup_context
 
 
 def _gather_rows(t: Tensor, group) -> list[Tensor]:
-    """all_gather of equal-shaped tensors; 16-bit floats travel as int16 bits (not every backend has bf16)."""
-    wire = t.view(torch.int16) if t.dtype in _LOW_PRECISION else t
+    """all_gather of equal-shaped tensors; 16-bit floats travel as bytes (not every backend has them)."""
+    wire = t.contiguous().view(torch.uint8) if t.dtype in _LOW_PRECISION else t.contiguous()
     out = [torch.empty_like(wire) for _ in range(dist.get_world_size(group))]
-    dist.all_gather(out, wire.contiguous(), group=group)
+    dist.all_gather(out, wire, group=group)
     return [o.view(t.dtype) for o in out] if t.dtype in _LOW_PRECISION else out
 
 
@@ -243,7 +258,7 @@ class _GlobalNTXent(torch.autograd.Function):
     def forward(ctx, z1, z2, temperature, normalize, backend, allow_tf32, group):
         n = z1.shape[0]
         rank, world = dist.get_rank(group), dist.get_world_size(group)
-        zh, inv, sumsq = _normalize(backend, z1, z2, normalize)
+        zh, inv, sumsq = _normalize(backend, z1, z2, normalize, allow_tf32)
         problem = _nonfinite_message(sumsq, n)
         # One small gather checks, on every rank alike, the batch sizes and the NaN/Inf flags, so that
         # either all ranks raise or none does (a lone raise would hang the others in a collective).
@@ -264,16 +279,16 @@ class _GlobalNTXent(torch.autograd.Function):
         lse_all = torch.cat(_gather_rows(lse[:n], group) + _gather_rows(lse[n:], group))
         total = terms.sum().reshape(1)
         dist.all_reduce(total, group=group)
-        ctx.save_for_backward(zh, inv, keys, lse_all)
-        ctx.args = (n, offset, n_total, temperature, normalize, backend, allow_tf32, z1.dtype)
+        ctx.save_for_backward(zh, z1, z2, inv, keys, lse_all)
+        ctx.args = (n, offset, n_total, temperature, normalize, backend, allow_tf32)
         return (total[0] / (2 * n_total)).to(z1.dtype)
 
     @staticmethod
     def backward(ctx, grad_loss):
-        zh, inv, keys, lse_all = ctx.saved_tensors
-        n, offset, n_total, temperature, normalize, backend, allow_tf32, dtype = ctx.args
-        dz = _backward(backend, zh, keys, lse_all, inv, grad_loss, n, offset, n_total, temperature,
-                       normalize, allow_tf32).to(dtype)
+        zh, z1, z2, inv, keys, lse_all = ctx.saved_tensors
+        n, offset, n_total, temperature, normalize, backend, allow_tf32 = ctx.args
+        dz = _backward(backend, zh, keys, lse_all, z1, z2, inv, grad_loss, n, offset, n_total, temperature,
+                       normalize, allow_tf32)
         return dz[:n], dz[n:], None, None, None, None, None
 
 
@@ -359,7 +374,8 @@ def ntxent_loss(z1: Tensor, z2: Tensor, temperature: float = 0.1, *, normalize: 
     z1, z2: (N, D) float32, float16 or bfloat16 (float64 on the "cpu" and "torch" backends), the two
     views' projections; row i of z1 and row i of z2 are a positive pair. ``normalize=False`` skips the
     L2 normalisation (dot products instead of cosines: pass unit rows). ``allow_tf32`` lets float32
-    similarities use tf32 on the GPU. ``deterministic`` is accepted for clarity: every fused path
+    similarities use 10-bit-mantissa products on the GPU (see the module docstring); False keeps them
+    exact. ``deterministic`` is accepted for clarity: every fused path
     already reduces in a fixed order. ``group``: see the module docstring.
     """
     backend = _validate(z1, z2, temperature, backend)
