@@ -132,7 +132,7 @@ def _tile_sweep(torch, quick: bool) -> list[dict]:
     z2 = torch.randn(n, DIM, device="cuda", generator=g).to(torch.bfloat16)
     zh, inv, _ = kernels.normalize_rows(z1, z2, True, torch.bfloat16)
     gout = torch.ones((), device="cuda")
-    lse2, _ = kernels.ntxent_forward(zh, zh, n, 0, n, 0.1, True, config=FWD_TILES[0])
+    lse2, _ = kernels.ntxent_forward(zh, zh, n, 0, n, 0.1, True, config=FWD_TILES[0], normalized=True)
     dz_ref = kernels.ntxent_backward(zh, zh, lse2, z1, z2, inv, gout, n, 0, n, 0.1, config=BWD_TILES[0])
     best = {}
     for backward, tiles in ((False, FWD_TILES), (True, BWD_TILES)):
@@ -145,7 +145,8 @@ def _tile_sweep(torch, quick: bool) -> list[dict]:
                     ref_scale = dz_ref.float().abs().max().item()
                     diff = (fn().float() - dz_ref.float()).abs().max().item() / ref_scale
                 else:
-                    fn = lambda c=cfg: kernels.ntxent_forward(zh, zh, n, 0, n, 0.1, True, config=c)
+                    fn = lambda c=cfg: kernels.ntxent_forward(zh, zh, n, 0, n, 0.1, True, config=c,
+                                                              normalized=True)
                     diff = (fn()[0] - lse2).abs().max().item() / lse2.abs().max().item()
                 ms = _event_ms(fn, 5)
                 ok = diff < 1e-2
@@ -155,6 +156,23 @@ def _tile_sweep(torch, quick: bool) -> list[dict]:
                     best[backward] = (cfg, ms)
             except Exception as e:  # noqa: BLE001 - e.g. out of shared memory for this config
                 rows.append(_row(suite, case, name, note=f"error: {type(e).__name__}: {e}"[:300]))
+    # The same default tiles with the older loop bodies: a running maximum in the forward, two
+    # exponentials per weight in the backward. Their ratio to the default rows is what each saves.
+    def running_max():
+        return kernels.ntxent_forward(zh, zh, n, 0, n, 0.1, True, config=FWD_TILES[0], normalized=True,
+                                      fixed_max=False)
+
+    def two_exp():
+        return kernels.ntxent_backward(zh, zh, lse2, z1, z2, inv, gout, n, 0, n, 0.1, config=BWD_TILES[0],
+                                       shortcut_limit=-1.0)
+
+    variants = (("fwd running max", running_max), ("bwd two exp2", two_exp))
+    for name, fn in variants:
+        try:
+            rows.append(_row(suite, case, f"{name} {BWD_TILES[0] if 'bwd' in name else FWD_TILES[0]}",
+                             ms=_event_ms(fn, 5), note="A/B against the first row of its kind"))
+        except Exception as e:  # noqa: BLE001
+            rows.append(_row(suite, case, name, note=f"error: {type(e).__name__}: {e}"[:300]))
     for backward, (cfg, ms) in best.items():
         for nbytes in (2,):  # bf16 and fp16 operands share the tiles
             kernels.TUNED[(128, nbytes, backward)] = cfg

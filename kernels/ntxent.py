@@ -70,52 +70,81 @@ def _global_rows(rows, n_local, offset, n_total):
 
 
 @triton.jit
+def _tile_needs_mask(start, m_total, g_lo, g_hi, BLOCK_N: tl.constexpr):
+    """A key tile holds a masked entry only if it is ragged or overlaps the rows' own global indices."""
+    return (start + BLOCK_N > m_total) | ((start <= g_hi) & (start + BLOCK_N > g_lo))
+
+
+@triton.jit
 def _fwd_kernel(Q, K, LSE2, LOSS, n_local, offset, n_total, D, stride_q, stride_k, scale2,
-                PRECISION: tl.constexpr, UPCAST: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                BLOCK_D: tl.constexpr):
+                FIXED_MAX: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr, BLOCK_M: tl.constexpr,
+                BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     row_ok = rows < 2 * n_local
     grow = _global_rows(rows, n_local, offset, n_total)
+    g_lo = tl.min(tl.where(row_ok, grow, 2147483647), axis=0)
+    g_hi = tl.max(tl.where(row_ok, grow, -1), axis=0)
     m_total = 2 * n_total
     dcols = tl.arange(0, BLOCK_D)
     d_ok = dcols[None, :] < D
     q = tl.load(Q + rows[:, None] * stride_q + dcols[None, :], mask=row_ok[:, None] & d_ok, other=0.0)
 
-    # A finite start for the running max: a tile where a row sees only masked keys then adds 0.
-    m_i = tl.full([BLOCK_M], -1.0e30, tl.float32)
-    l_i = tl.zeros([BLOCK_M], tl.float32)
-    for start in range(0, m_total, BLOCK_N):
-        cols = start + tl.arange(0, BLOCK_N)
-        col_ok = cols < m_total
-        k = tl.load(K + cols[:, None] * stride_k + dcols[None, :], mask=col_ok[:, None] & d_ok, other=0.0)
-        t = _mm(q, tl.trans(k), None, PRECISION, UPCAST) * scale2
-        t = tl.where(col_ok[None, :] & (cols[None, :] != grow[:, None]), t, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(t, axis=1))
-        l_i = l_i * tl.exp2(m_i - m_new) + tl.sum(tl.exp2(t - m_new[:, None]), axis=1)
-        m_i = m_new
-    lse2 = m_i + tl.log2(l_i)
-
+    # The positive's logit first: the fixed-reference forward measures every logit against it.
     gpos = tl.where(grow < n_total, grow + n_total, grow - n_total)
     kp = tl.load(K + gpos[:, None] * stride_k + dcols[None, :], mask=row_ok[:, None] & d_ok, other=0.0)
     pos2 = tl.sum(q.to(tl.float32) * kp.to(tl.float32), axis=1) * scale2
+
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    if FIXED_MAX:
+        # Unit rows: every logit lies in [-scale2, scale2] (up to rounding) and scale2 <= 60. Against
+        # the reference m = max(pos2, scale2 - 60), each t - m lies in [-120, 60]: exp2 neither
+        # overflows nor leaves the normal floats, so no running maximum and no rescaling are needed.
+        # With m = pos2 (the usual case) the loss term log2(l) keeps full precision as it nears 0.
+        m_ref = tl.maximum(pos2, scale2 - 60.0)
+        for start in range(0, m_total, BLOCK_N):
+            cols = start + tl.arange(0, BLOCK_N)
+            col_ok = cols < m_total
+            k = tl.load(K + cols[:, None] * stride_k + dcols[None, :], mask=col_ok[:, None] & d_ok, other=0.0)
+            t = _mm(q, tl.trans(k), None, PRECISION, UPCAST) * scale2 - m_ref[:, None]
+            if _tile_needs_mask(start, m_total, g_lo, g_hi, BLOCK_N):
+                t = tl.where(col_ok[None, :] & (cols[None, :] != grow[:, None]), t, float("-inf"))
+            l_i += tl.sum(tl.exp2(t), axis=1)
+        log_l = tl.log2(l_i)
+        lse2 = m_ref + log_l
+        loss2 = (m_ref - pos2) + log_l
+    else:
+        # A finite start for the running max: a tile where a row sees only masked keys then adds 0.
+        m_i = tl.full([BLOCK_M], -1.0e30, tl.float32)
+        for start in range(0, m_total, BLOCK_N):
+            cols = start + tl.arange(0, BLOCK_N)
+            col_ok = cols < m_total
+            k = tl.load(K + cols[:, None] * stride_k + dcols[None, :], mask=col_ok[:, None] & d_ok, other=0.0)
+            t = _mm(q, tl.trans(k), None, PRECISION, UPCAST) * scale2
+            if _tile_needs_mask(start, m_total, g_lo, g_hi, BLOCK_N):
+                t = tl.where(col_ok[None, :] & (cols[None, :] != grow[:, None]), t, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(t, axis=1))
+            l_i = l_i * tl.exp2(m_i - m_new) + tl.sum(tl.exp2(t - m_new[:, None]), axis=1)
+            m_i = m_new
+        lse2 = m_i + tl.log2(l_i)
+        loss2 = lse2 - pos2
     tl.store(LSE2 + rows, lse2, mask=row_ok)
-    tl.store(LOSS + rows, (lse2 - pos2) * 0.6931471805599453, mask=row_ok)
+    tl.store(LOSS + rows, loss2 * 0.6931471805599453, mask=row_ok)
 
 
 @triton.jit
-def _softmax_pair_weights(t, lse_r, lse_c, r_lo, r_hi, r_scale, col_ok):
+def _softmax_pair_weights(t, lse_r, lse_c, r_lo, r_hi, r_scale, col_ok, shortcut_limit):
     """``p_jk + p_kj = exp2(t - lse_r) + exp2(t - lse_c)``, with one exp2 per element where it is safe.
 
     ``exp2(t - lse_c) = exp2(t - lse_r) * exp2(lse_r - r_hi) * exp2(r_hi - lse_c)``: the last two
     factors cost one exp2 per row and per column, so the tile needs one exp2 per element instead of
     two (the exponential unit, not the matrix units, bounds this kernel). The product is used only
-    when every |lse_r - lse_c| in the tile is <= 60 (base 2), so that no factor overflows and a
-    first term that underflows can only hide a second term below 2^-66. Otherwise (very low
+    when every |lse_r - lse_c| in the tile is <= shortcut_limit (60, base 2), so that no factor
+    overflows and a first term that underflows can only hide a second term below 2^-66. Otherwise (very low
     temperatures, unnormalised rows) the tile takes both exponentials.
     """
     c_lo = tl.min(tl.where(col_ok, lse_c, float("inf")), axis=0)
     c_hi = tl.max(tl.where(col_ok, lse_c, float("-inf")), axis=0)
-    if (r_hi - c_lo <= 60.0) & (c_hi - r_lo <= 60.0):
+    if (r_hi - c_lo <= shortcut_limit) & (c_hi - r_lo <= shortcut_limit):
         e = tl.exp2(t - lse_r[:, None])
         c_scale = tl.where(col_ok, tl.exp2(r_hi - lse_c), 0.0)
         ratio = r_scale[:, None] * c_scale[None, :]  # exp2(lse_r - lse_c)
@@ -127,7 +156,7 @@ def _softmax_pair_weights(t, lse_r, lse_c, r_lo, r_hi, r_scale, col_ok):
 
 @triton.jit
 def _bwd_kernel(Q, K, LSE2_ALL, Z1, Z2, INV, GOUT, DZ, n_local, offset, n_total, D, stride_q, stride_k,
-                stride_1, stride_2, stride_dz, scale2, coef, NORMALIZE: tl.constexpr, PRECISION: tl.constexpr,
+                stride_1, stride_2, stride_dz, scale2, coef, shortcut_limit, NORMALIZE: tl.constexpr, PRECISION: tl.constexpr,
                 UPCAST: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     row_ok = rows < 2 * n_local
@@ -136,6 +165,8 @@ def _bwd_kernel(Q, K, LSE2_ALL, Z1, Z2, INV, GOUT, DZ, n_local, offset, n_total,
     dcols = tl.arange(0, BLOCK_D)
     d_ok = dcols[None, :] < D
     q = tl.load(Q + rows[:, None] * stride_q + dcols[None, :], mask=row_ok[:, None] & d_ok, other=0.0)
+    g_lo = tl.min(tl.where(row_ok, grow, 2147483647), axis=0)
+    g_hi = tl.max(tl.where(row_ok, grow, -1), axis=0)
     lse_r = tl.load(LSE2_ALL + grow, mask=row_ok, other=0.0)
     r_lo = tl.min(tl.where(row_ok, lse_r, float("inf")), axis=0)
     r_hi = tl.max(tl.where(row_ok, lse_r, float("-inf")), axis=0)
@@ -150,8 +181,9 @@ def _bwd_kernel(Q, K, LSE2_ALL, Z1, Z2, INV, GOUT, DZ, n_local, offset, n_total,
         lse_c = tl.load(LSE2_ALL + cols, mask=col_ok, other=0.0)
         t = _mm(q, tl.trans(k), None, PRECISION, UPCAST) * scale2
         # p_jk + p_kj: the row's own softmax plus the key row's softmax at this anchor.
-        w = _softmax_pair_weights(t, lse_r, lse_c, r_lo, r_hi, r_scale, col_ok)
-        w = tl.where(col_ok[None, :] & (cols[None, :] != grow[:, None]), w, 0.0)
+        w = _softmax_pair_weights(t, lse_r, lse_c, r_lo, r_hi, r_scale, col_ok, shortcut_limit)
+        if _tile_needs_mask(start, m_total, g_lo, g_hi, BLOCK_N):
+            w = tl.where(col_ok[None, :] & (cols[None, :] != grow[:, None]), w, 0.0)
         acc = _mm(w.to(k.dtype), k, acc, PRECISION, UPCAST)
 
     gpos = tl.where(grow < n_total, grow + n_total, grow - n_total)
@@ -240,19 +272,31 @@ def normalize_rows(z1: torch.Tensor, z2: torch.Tensor, normalize: bool = True,
     return zh, inv, sumsq
 
 
+# Largest |lse_r - lse_c| (base 2) for which the backward takes one exponential per weight.
+SHORTCUT_LIMIT = 60.0
+# Largest log2(e) / temperature for which the forward of unit rows uses the fixed maximum.
+FIXED_MAX_LIMIT = 60.0
+
+
 def ntxent_forward(q: torch.Tensor, keys: torch.Tensor, n_local: int, offset: int, n_total: int,
-                   temperature: float, allow_tf32: bool = True, config: Config | None = None):
+                   temperature: float, allow_tf32: bool = True, config: Config | None = None,
+                   normalized: bool = False, fixed_max: bool | None = None):
     """Per local row: (lse in base-2 logit units, loss term in nats), both (2 n_local,) float32.
 
-    ``config``: (BLOCK_M, BLOCK_N, num_warps, num_stages) instead of the tuned default (benchmarks).
+    ``normalized``: the rows are unit vectors, so every logit is at most 1 / temperature and, for
+    temperature >= 0.024, the log-sum-exp needs no running maximum (``fixed_max`` forces either way,
+    for benchmarks). ``config``: (BLOCK_M, BLOCK_N, num_warps, num_stages) instead of the tuned default.
     """
     dim = q.shape[1]
     lse2 = torch.empty(2 * n_local, dtype=torch.float32, device=q.device)
     loss = torch.empty_like(lse2)
+    scale2 = LOG2E / temperature
+    if fixed_max is None:
+        fixed_max = normalized and scale2 <= FIXED_MAX_LIMIT
     bm, bn, warps, stages = config or _config(dim, q.dtype, backward=False)
     grid = (triton.cdiv(2 * n_local, bm),)
-    _fwd_kernel[grid](q, keys, lse2, loss, n_local, offset, n_total, dim, q.stride(0), keys.stride(0),
-                      LOG2E / temperature, PRECISION=_precision(q.dtype, allow_tf32), UPCAST=_upcast(q.dtype),
+    _fwd_kernel[grid](q, keys, lse2, loss, n_local, offset, n_total, dim, q.stride(0), keys.stride(0), scale2,
+                      FIXED_MAX=fixed_max, PRECISION=_precision(q.dtype, allow_tf32), UPCAST=_upcast(q.dtype),
                       BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=_block_d(dim), num_warps=warps, num_stages=stages)
     return lse2, loss
 
@@ -260,11 +304,13 @@ def ntxent_forward(q: torch.Tensor, keys: torch.Tensor, n_local: int, offset: in
 def ntxent_backward(q: torch.Tensor, keys: torch.Tensor, lse2_all: torch.Tensor, z1: torch.Tensor,
                     z2: torch.Tensor, inv_norm: torch.Tensor, grad_out: torch.Tensor, n_local: int,
                     offset: int, n_total: int, temperature: float, normalize: bool = True,
-                    allow_tf32: bool = True, config: Config | None = None) -> torch.Tensor:
+                    allow_tf32: bool = True, config: Config | None = None,
+                    shortcut_limit: float = SHORTCUT_LIMIT) -> torch.Tensor:
     """Gradient of the global mean loss w.r.t. the local raw rows ``[z1; z2]``: (2 n_local, D) in z1's dtype.
 
     ``q``/``keys`` are the normalised rows in the operand dtype; z1, z2 the raw local rows (the
-    normalisation's chain rule reads them in float32).
+    normalisation's chain rule reads them in float32). ``shortcut_limit``: see
+    ``_softmax_pair_weights`` (a negative value always takes two exponentials, for benchmarks).
     """
     dim = q.shape[1]
     dz = torch.empty((2 * n_local, dim), dtype=z1.dtype, device=q.device)
@@ -273,7 +319,7 @@ def ntxent_backward(q: torch.Tensor, keys: torch.Tensor, lse2_all: torch.Tensor,
     coef = 1.0 / (2 * n_total * temperature)
     _bwd_kernel[grid](q, keys, lse2_all, z1, z2, inv_norm, grad_out, dz, n_local, offset, n_total, dim,
                       q.stride(0), keys.stride(0), z1.stride(0), z2.stride(0), dz.stride(0),
-                      LOG2E / temperature, coef, NORMALIZE=normalize, PRECISION=_precision(q.dtype, allow_tf32),
-                      UPCAST=_upcast(q.dtype), BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=_block_d(dim),
-                      num_warps=warps, num_stages=stages)
+                      LOG2E / temperature, coef, float(min(shortcut_limit, SHORTCUT_LIMIT)),
+                      NORMALIZE=normalize, PRECISION=_precision(q.dtype, allow_tf32), UPCAST=_upcast(q.dtype),
+                      BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=_block_d(dim), num_warps=warps, num_stages=stages)
     return dz

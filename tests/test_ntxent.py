@@ -167,6 +167,45 @@ def test_triton_backward_wide_lse_spread(triton_device, rng):
 
 
 @pytest.mark.triton
+@pytest.mark.parametrize("offset_rank", [0, 2])
+def test_triton_kernel_paths_small_tiles(offset_rank, triton_device, rng):
+    """16 x 16 tiles over 2 x 35 keys: unmasked, diagonal and ragged key tiles; the fixed-maximum and
+    running-maximum forwards and the one- and two-exponential backwards all equal the chunked path.
+    ``offset_rank`` 2 is one rank of five (7 rows each) seeing the whole batch as keys."""
+    kernels = ntxent_mod._kernels()
+    n_total, n_local = 35, 7
+    offset = offset_rank * n_local
+    z = torch.randn(2 * n_total, 24, generator=rng, dtype=torch.float64).to(torch.float32)
+    keys = torch.nn.functional.normalize(z, dim=1)
+    if offset_rank == 0:
+        n_local = n_total
+    local = torch.arange(offset, offset + n_local)
+    mine = torch.cat([local, n_total + local])
+    raw = z[mine]
+    q = keys[mine]
+    want_lse, want_terms = ntxent_mod._chunked_forward(q.double(), keys.double(), n_local, offset, n_total,
+                                                       0.1)
+    dev = lambda t: t.to(triton_device).contiguous()  # noqa: E731
+    for fixed in (True, False):
+        lse2, terms = kernels.ntxent_forward(dev(q), dev(keys), n_local, offset, n_total, 0.1, False,
+                                             config=(16, 16, 4, 1), normalized=True, fixed_max=fixed)
+        assert torch.allclose(lse2.cpu().double() * math.log(2.0), want_lse, rtol=0, atol=2e-5), fixed
+        assert torch.allclose(terms.cpu().double(), want_terms, rtol=0, atol=2e-5), fixed
+    lse_all, _ = ntxent_mod._chunked_forward(keys.double(), keys.double(), n_total, 0, n_total, 0.1)
+    inv = raw.double().norm(dim=1).reciprocal()
+    one = torch.tensor(1.0, dtype=torch.float64)
+    want = ntxent_mod._chunked_backward(q.double(), keys.double(), lse_all, inv, one, n_local, offset,
+                                        n_total, 0.1)
+    lse2_all = dev((lse_all / math.log(2.0)).float())
+    for limit in (60.0, -1.0):
+        got = kernels.ntxent_backward(dev(q), dev(keys), lse2_all, dev(raw[:n_local]), dev(raw[n_local:]),
+                                      dev(inv.float()), dev(torch.tensor(1.0)), n_local, offset, n_total, 0.1,
+                                      allow_tf32=False, config=(16, 16, 4, 1), shortcut_limit=limit)
+        err = (got.cpu().double() - want).abs().max().item()
+        assert err <= 2e-5 * want.abs().max().item(), (limit, err)
+
+
+@pytest.mark.triton
 def test_triton_noncontiguous_rows(triton_device, rng):
     z1, z2 = _inputs(6, 32, rng, torch.float32)
     wide1 = torch.zeros(6, 64, dtype=torch.float32)

@@ -154,9 +154,10 @@ def _normalize(backend: str, z1: Tensor, z2: Tensor, normalize: bool, allow_tf32
     return _chunked_normalize(z1, z2, normalize)
 
 
-def _forward(backend, q, keys, n_local, offset, n_total, temperature, allow_tf32):
+def _forward(backend, q, keys, n_local, offset, n_total, temperature, allow_tf32, normalize):
     if backend == "triton":
-        lse2, terms = _kernels().ntxent_forward(q, keys, n_local, offset, n_total, temperature, allow_tf32)
+        lse2, terms = _kernels().ntxent_forward(q, keys, n_local, offset, n_total, temperature, allow_tf32,
+                                                normalized=normalize)
         return lse2 * _LN2, terms
     return _chunked_forward(q, keys, n_local, offset, n_total, temperature)
 
@@ -195,7 +196,7 @@ def _ntxent_fwd(z1: Tensor, z2: Tensor, temperature: float, normalize: bool, bac
     problem = _nonfinite_message(sumsq, n)
     if problem:
         raise ValueError(problem)
-    lse, terms = _forward(backend, zh, zh, n, 0, n, temperature, allow_tf32)
+    lse, terms = _forward(backend, zh, zh, n, 0, n, temperature, allow_tf32, normalize)
     return (terms.sum() / (2 * n)).to(z1.dtype), zh, inv, lse
 
 
@@ -275,7 +276,7 @@ class _GlobalNTXent(torch.autograd.Function):
 
         n_total, offset = world * n, rank * n
         keys = torch.cat(_gather_rows(zh[:n], group) + _gather_rows(zh[n:], group))  # [Z1; Z2]
-        lse, terms = _forward(backend, zh, keys, n, offset, n_total, temperature, allow_tf32)
+        lse, terms = _forward(backend, zh, keys, n, offset, n_total, temperature, allow_tf32, normalize)
         lse_all = torch.cat(_gather_rows(lse[:n], group) + _gather_rows(lse[n:], group))
         total = terms.sum().reshape(1)
         dist.all_reduce(total, group=group)
