@@ -12,7 +12,7 @@ mkdir -p "$OUT"
 OUT="$(cd "$OUT" && pwd)"
 cd "$ROOT"
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-PY="${PYTHON:-python}"
+PY="${PYTHON:-$(command -v python3 || command -v python)}"
 TEST_LIMIT="${TEST_LIMIT:-110}"       # seconds for the GPU tests
 REPORT_LIMIT="${REPORT_LIMIT:-300}"   # seconds for all benchmark modules together
 MODULE_LIMIT="${MODULE_LIMIT:-150}"   # seconds for one benchmark module
@@ -33,7 +33,9 @@ if [ "$rc" -ne 0 ]; then echo "report: exit status $rc"; crashed=1; fi
 
 
 echo "== GPU tests (limit ${TEST_LIMIT}s) -> $OUT/tests.log"
-timeout -k 10 "$TEST_LIMIT" "$PY" -m pytest tests -q -m "cuda or triton" -p no:cacheprovider \
+# pytest-xdist, where installed, spreads the Triton compilations over 4 processes.
+XDIST=$("$PY" -c 'import xdist' 2>/dev/null && echo "-n 4" || true)
+timeout -k 10 "$TEST_LIMIT" "$PY" -m pytest tests -q -m "cuda or triton" -p no:cacheprovider $XDIST \
     > "$OUT/tests.log" 2>&1
 rc=$?
 tail -n 25 "$OUT/tests.log"

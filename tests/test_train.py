@@ -92,6 +92,14 @@ def test_amp_run_trains_with_finite_loss(tmp_path, cache_dir):
     assert "bf16" in summary["amp"] and math.isfinite(summary["final_loss"])
 
 
+@pytest.mark.cuda
+def test_cuda_run_pretrains_and_evaluates(tmp_path, cache_dir):
+    """The whole job on a GPU: Triton views and NT-Xent, bf16 autocast, LARS, then both probes."""
+    summary = run(tiny_config(tmp_path, cache_dir, amp=True, device="cuda", evaluate=True))
+    assert "bf16" in summary["amp"] and math.isfinite(summary["final_loss"])
+    assert 0.0 <= summary["linear_top1"] <= 100.0 and 0.0 <= summary["knn_top1"] <= 100.0
+
+
 def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path, cache_dir, monkeypatch):
     import skelcl.train as train_module
 
