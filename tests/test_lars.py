@@ -119,8 +119,9 @@ def test_matches_reference_in_float32_and_float64(dtype, path, rng):
     assert_nets_close(net, ref_net, **tol)
 
 
+@pytest.mark.parametrize("clip", [False, True])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_low_precision_one_step_close_to_float64(dtype, rng):
+def test_low_precision_one_step_close_to_float64(dtype, clip, rng):
     w = torch.randn(13, 7, generator=rng, dtype=torch.float64)
     g = torch.randn(13, 7, generator=rng, dtype=torch.float64)
     b = torch.randn(13, generator=rng, dtype=torch.float64)
@@ -131,8 +132,8 @@ def test_low_precision_one_step_close_to_float64(dtype, rng):
         p.grad = grad.clone()
     for p, grad in zip(low, (g, gb)):
         p.grad = grad.to(dtype)
-    LARSReference(ref, lr=50.0).step()
-    LARS(low, lr=50.0).step()
+    LARSReference(ref, lr=50.0, clip=clip).step()
+    LARS(low, lr=50.0, clip=clip).step()
     for pl, pr in zip(low, ref):
         torch.testing.assert_close(pl.double(), pr.detach(), rtol=2e-2, atol=2e-2)
 
@@ -349,6 +350,163 @@ def test_fused_matches_foreach_in_float32_on_many_chunks(rng):
         ref_opt.step()
     for p, r in zip(fused, loop):
         torch.testing.assert_close(p.double(), r.detach(), rtol=1e-5, atol=1e-6)
+
+
+def step_both(models_and_opts, x, y, edit=None):
+    """One training step of each (model, optimiser) pair; ``edit(model)`` runs after backward."""
+    for model, o in models_and_opts:
+        o.zero_grad(set_to_none=True)
+        ((model(x) - y) ** 2).mean().backward()
+        if edit is not None:
+            edit(model)
+        o.step()
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_kept_plan_follows_changes_between_steps(path, rng, monkeypatch):
+    """Gradients that disappear and come back, lr and exclusion changes, params removed from a group
+    and added as a new one, a cleared state: each step is still exactly the reference's, and the
+    plan is rebuilt only when something changed."""
+    net = make_net(torch.float64)
+    ref_net = copy.deepcopy(net)
+    opt = use_path(LARS(net.parameters(), lr=0.5, nesterov=True), path)
+    ref_opt = LARSReference(ref_net.parameters(), lr=0.5, nesterov=True)
+    pairs = [(net, opt), (ref_net, ref_opt)]
+    builds = []
+    real_plan = LARS._plan
+    monkeypatch.setattr(LARS, "_plan", lambda self, group: builds.append(1) or real_plan(self, group))
+    batches = make_batches(16, torch.float64, rng)
+
+    def drop(*names):
+        def edit(model):
+            for name in names:
+                model.get_parameter(name).grad = None
+        return edit
+
+    edits = {3: drop("fc1.weight"), 4: drop("fc1.weight", "bn1.bias"), 7: drop("conv2.weight")}
+    expected_builds = {0: 1, 1: 1, 2: 1, 3: 2, 4: 3, 5: 4, 6: 4, 7: 5, 8: 6}
+    for step, (x, y) in enumerate(batches):
+        for _, o in pairs:
+            o.param_groups[0]["lr"] = 0.5 * 0.9**step  # read at every step, no rebuild
+        if step == 9:  # adapt the 1-D tensors too
+            opt.param_groups[0]["lars_exclude"] = False
+            ref_opt.param_groups[0]["exclude_bias_and_norm"] = False
+        if step == 10:  # back to the rule, through the other switch
+            opt.param_groups[0]["lars_exclude"] = None
+            for _, o in pairs:
+                o.param_groups[0]["exclude_bias_and_norm"] = True
+        if step == 11:  # fc2's weight leaves the first group (same list object, edited in place) ...
+            for model, o in pairs:
+                params = o.param_groups[0]["params"]
+                del params[next(i for i, p in enumerate(params) if p is model.fc2.weight)]
+        if step == 12:  # ... and comes back as a group of its own
+            for model, o in pairs:
+                o.add_param_group({"params": [model.fc2.weight], "lr": 0.2})
+        if step == 14:  # momentum reset
+            for _, o in pairs:
+                o.state.clear()
+        step_both(pairs, x, y, edits.get(step))
+        assert_nets_close(net, ref_net, rtol=1e-10, atol=1e-12)
+        if step in expected_builds:
+            assert len(builds) == expected_builds[step], step
+    assert len(builds) == 6 + 4 + 2  # steps 9 to 12 rebuild once (12: the new group), 14 both plans
+    assert set(opt.state) == set(net.parameters())
+    for p, r in zip(net.parameters(), ref_net.parameters()):
+        torch.testing.assert_close(opt.state[p]["momentum_buffer"], ref_opt.state[r]["momentum_buffer"],
+                                   rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_gradient_turning_sparse_after_steps_raises(path, rng):
+    w = nn.Parameter(torch.randn(5, 3, generator=rng))
+    opt = use_path(LARS([w], lr=0.1), path)
+    for _ in range(2):
+        w.grad = torch.randn(5, 3, generator=rng)
+        opt.step()
+    w.grad = torch.randn(5, 3, generator=rng).to_sparse()
+    before = w.detach().clone()
+    with pytest.raises(ValueError, match="sparse"):
+        opt.step()
+    assert torch.equal(w, before)
+
+
+def test_fused_kernel_declines_a_non_contiguous_gradient_for_one_step(monkeypatch, rng):
+    """Contiguous parameters, one step with a transposed gradient: the kernel returns False and
+    changes nothing, the foreach path takes that step, the next steps are fused again."""
+    if lars_module._cpu_op() is None:
+        pytest.skip("the C++ extension could not be built")
+    results = []
+    real = lars_module._cpu_op()
+
+    def recorded(*args):
+        results.append(real(*args))
+        return results[-1]
+
+    monkeypatch.setattr(lars_module, "_cpu_op", lambda: recorded)
+    shapes = [(7, 5), (4, 6), (6,)]
+    ours = [nn.Parameter(torch.randn(s, generator=rng, dtype=torch.float64)) for s in shapes]
+    ref = [nn.Parameter(p.detach().clone()) for p in ours]
+    opt = LARS(ours, lr=0.4, nesterov=True, weight_decay=1e-3)
+    ref_opt = LARSReference(ref, lr=0.4, nesterov=True, weight_decay=1e-3)
+    for step in range(4):
+        grads = [torch.randn(s, generator=rng, dtype=torch.float64) for s in shapes]
+        if step == 1:
+            grads[0] = torch.randn(5, 7, generator=rng, dtype=torch.float64).t()
+        for p, r, g in zip(ours, ref, grads):
+            p.grad, r.grad = g.clone(memory_format=torch.preserve_format), g.clone()
+        opt.step()
+        ref_opt.step()
+    assert results == [True, False, True, True]
+    for p, r in zip(ours, ref):
+        torch.testing.assert_close(p, r, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("case", ["non_contiguous_grad", "sparse_grad", "float16", "buffer_dtype",
+                                  "buffer_shape", "meta_device"])
+def test_kernel_returns_false_and_touches_nothing_when_a_tensor_does_not_fit(case, rng):
+    op = lars_module._cpu_op()
+    if op is None:
+        pytest.skip("the C++ extension could not be built")
+    params = [torch.randn(4, 3, generator=rng), torch.randn(3, generator=rng)]
+    grads = [torch.randn(4, 3, generator=rng), torch.randn(3, generator=rng)]
+    bufs = [torch.randn(4, 3, generator=rng), torch.randn(3, generator=rng)]
+    if case == "non_contiguous_grad":
+        grads[0] = torch.randn(3, 4, generator=rng).t()
+    elif case == "sparse_grad":
+        grads[1] = grads[1].to_sparse()
+    elif case == "float16":
+        params, grads, bufs = ([t.half() for t in ts] for ts in (params, grads, bufs))
+    elif case == "buffer_dtype":
+        bufs[1] = bufs[1].double()
+    elif case == "buffer_shape":
+        bufs[0] = bufs[0].reshape(3, 4)
+    else:
+        grads[0] = torch.empty(4, 3, device="meta")
+    before = [t.clone() for t in params + bufs]
+    assert op(params, grads, bufs, 1, 0.1, 0.9, 1e-4, 1e-3, 0.0, False, False) is False
+    assert all(torch.equal(a, b) for a, b in zip(params + bufs, before))
+    grads = [torch.randn(4, 3, generator=rng), torch.randn(3, generator=rng)]  # all fitting: True
+    params, bufs = [t.float() for t in params], [torch.zeros(4, 3), torch.zeros(3)]
+    assert op(params, grads, bufs, 1, 0.1, 0.9, 1e-4, 1e-3, 0.0, False, False) is True
+
+
+def test_load_state_dict_into_a_stepped_optimizer(rng):
+    """Loading a state into an optimiser that has stepped replaces its buffers: the kept plan must
+    not go on updating the old ones."""
+    batches = make_batches(8, torch.float64, rng)
+    net = make_net(torch.float64)
+    other = copy.deepcopy(net)
+    opt = LARS(net.parameters(), lr=0.5)
+    other_opt = LARS(other.parameters(), lr=0.5)
+    train(net, opt, batches[:3])
+    train(other, other_opt, batches[:5])
+    saved = copy.deepcopy(other_opt.state_dict())
+    net.load_state_dict(other.state_dict())
+    opt.load_state_dict(saved)
+    train(net, opt, batches[5:])
+    train(other, other_opt, batches[5:])
+    for a, b in zip(net.parameters(), other.parameters()):
+        assert torch.equal(a, b)
 
 
 def test_closure_returns_loss(rng):

@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from itertools import repeat
+from operator import is_
 
 import torch
 from torch import Tensor
@@ -38,10 +40,17 @@ class LARS(torch.optim.Optimizer):
     never waits for the device. ``lr`` and the other hyper-parameters must be Python numbers.
     Gradients are not modified. On CPU, float32 and float64 groups of contiguous tensors go to a
     fused C++/OpenMP kernel instead (``torch.ops.skelcl.lars_step_``, built from csrc/lars.cpp on
-    first use): one pass reads ``w`` and ``g`` for both norms (in double), a second one updates
-    ``w`` and ``v``, where the foreach path makes one memory pass per operation; it falls back to
-    the foreach path when the extension cannot be built. The momentum buffer of each parameter lives in
-    ``state[p]["momentum_buffer"]`` and round-trips through ``state_dict``.
+    first use): per tensor, one pass reads ``w`` and ``g`` for both norms (in double) and a second
+    one, right after while they are still in cache, updates ``w`` and ``v``, where the foreach path
+    makes one memory pass per operation; it falls back to the foreach path when the extension
+    cannot be built or a tensor does not fit it (another layout, a non-contiguous gradient). The
+    momentum buffer of each parameter lives in ``state[p]["momentum_buffer"]`` and round-trips
+    through ``state_dict``.
+
+    Which parameters a group updates and how they split (device, dtype, exclusion) is worked out
+    once and kept between steps, as long as the group's ``params``, its exclusion settings, the set
+    of parameters with a gradient and the optimiser state stay the same; any change is picked up at
+    the next step. Hyper-parameters such as ``lr`` are read at every step.
 
     With AMP, call ``scaler.unscale_(opt)`` (optional, e.g. before gradient clipping) and then
     ``scaler.step(opt)``: the scaler skips the whole step when it found an inf or a NaN.
@@ -80,16 +89,19 @@ class LARS(torch.optim.Optimizer):
         for group in self.param_groups:
             if group["lars_exclude"] not in (None, True, False):
                 raise ValueError(f"lars_exclude: must be None, True or False, got {group['lars_exclude']!r}")
-        # (device, dtype, shapes) -> (element -> tensor index, flat trust buffer, its views): CUDA path.
-        self._spread: dict[tuple, tuple] = {}
+        # id(group) -> _Plan: the group's buckets, kept between steps while they still apply; the
+        # state they were made with and its length then (see _prepare).
+        self._plans: dict[int, _Plan] = {}
+        self._planned_state: tuple = (None, 0)
         # "auto": flat broadcast on CUDA, 0-dim scalars elsewhere; tests force either one.
         self._broadcast = "auto"
         # The fused C++ kernel for eligible CPU buckets; tests set it False to run the foreach path.
         self._fused_cpu = True
 
     def __setstate__(self, state):
-        super().__setstate__(state)
-        self.__dict__.setdefault("_spread", {})
+        super().__setstate__(state)  # unpickling, and load_state_dict (new groups and state)
+        self._plans = {}
+        self._planned_state = (None, 0)
         self.__dict__.setdefault("_broadcast", "auto")
         self.__dict__.setdefault("_fused_cpu", True)
         for group in self.param_groups:
@@ -101,17 +113,43 @@ class LARS(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        if self._planned_state[0] is not self.state or self._planned_state[1] != len(self.state):
+            self._plans = {}  # the state was replaced, cleared or edited: the plans' buffers may be stale
         for group in self.param_groups:
-            for (_device, _dtype), (adapted, excluded) in self._buckets(group).items():
-                self._update(group, adapted, excluded)
+            plan, tensors = self._prepare(group)
+            for bucket, (grads, bufs) in zip(plan.buckets, tensors):
+                self._update(group, bucket, grads, bufs)
         return loss
 
-    def _buckets(self, group: dict) -> dict:
+    def _prepare(self, group: dict) -> tuple[_Plan, list]:
+        """The group's plan and, per bucket, its gradients and momentum buffers for this step.
+
+        The plan (which parameters have gradients, their split by device, dtype and exclusion, and
+        their state dicts) is kept between steps and rebuilt when it no longer applies: another
+        ``params`` list or exclusion setting, a gradient that appeared or disappeared, a momentum
+        buffer that is gone, or (all plans, see step) a state that was replaced, loaded or changed
+        in length other than by the plans themselves.
+        """
+        plan = self._plans.get(id(group))
+        if plan is not None and plan.group is group and plan.current(group):
+            tensors = plan.gather()
+            if tensors is not None:
+                return plan, tensors
+        plan = self._plans[id(group)] = self._plan(group)
+        self._planned_state = (self.state, len(self.state))
+        if len(self._plans) > len(self.param_groups):  # drop the plans of groups that are gone
+            live = {id(g) for g in self.param_groups}
+            self._plans = {k: v for k, v in self._plans.items() if k in live}
+        return plan, plan.gather()
+
+    def _plan(self, group: dict) -> _Plan:
         """Split the group's parameters with gradients by (device, dtype) and by exclusion."""
         rule = group["lars_exclude"]
         buckets: dict = {}
+        idle = []
         for p in group["params"]:
             if p.grad is None:
+                idle.append(p)
                 continue
             if p.grad.is_sparse:
                 raise ValueError("params: LARS does not support sparse gradients")
@@ -122,31 +160,35 @@ class LARS(torch.optim.Optimizer):
             is_excluded = rule if rule is not None else (group["exclude_bias_and_norm"] and p.dim() == 1)
             adapted, excluded = buckets.setdefault((p.device, p.dtype), ([], []))
             (excluded if is_excluded else adapted).append(p)
-        return buckets
+        return _Plan(group, idle, [_Bucket(device, dtype, adapted, excluded, self.state)
+                                   for (device, dtype), (adapted, excluded) in buckets.items()])
 
-    def _update(self, group: dict, adapted: list[Tensor], excluded: list[Tensor]) -> None:
+    def _update(self, group: dict, bucket: _Bucket, grads: list[Tensor], bufs: list[Tensor]) -> None:
         lr, m = group["lr"], group["momentum"]
-        params = adapted + excluded
-        bufs = [self.state[p]["momentum_buffer"] for p in params]
-        grads = [p.grad for p in params]
-        if self._fused_cpu and _fusable(params, grads, bufs):
+        params = bucket.params
+        if bucket.fusable and self._fused_cpu:
             op = _cpu_op()
-            if op is not None:
-                op(params, grads, bufs, len(adapted), float(lr), float(m), float(group["weight_decay"]),
-                   float(group["trust_coefficient"]), float(group["eps"]), group["clip"], group["nesterov"])
+            # The kernel checks every tensor (dense, contiguous, one dtype) and returns False, having
+            # changed nothing, when one does not fit; the foreach path below takes the step then.
+            if op is not None and op(params, grads, bufs, bucket.n_adapted, float(lr), float(m),
+                                     float(group["weight_decay"]), float(group["trust_coefficient"]),
+                                     float(group["eps"]), group["clip"], group["nesterov"]):
                 return
-        # u = g + wd * w for the adapted tensors (new tensors: p.grad stays untouched), g otherwise.
-        u = [p.grad for p in excluded]
-        if adapted:
-            u[:0] = torch._foreach_add([p.grad for p in adapted], adapted, alpha=group["weight_decay"])
-        torch._foreach_mul_(bufs, m)
-        if not adapted:  # trust 1 everywhere: plain momentum SGD
-            torch._foreach_add_(bufs, u)
-            step = torch._foreach_add(u, bufs, alpha=m) if group["nesterov"] else bufs
+        for g in grads:
+            if g.is_sparse:
+                raise ValueError("params: LARS does not support sparse gradients")
+        n = bucket.n_adapted
+        if not n:  # trust 1 everywhere: plain momentum SGD
+            torch._foreach_mul_(bufs, m)
+            torch._foreach_add_(bufs, grads)
+            step = torch._foreach_add(grads, bufs, alpha=m) if group["nesterov"] else bufs
             torch._foreach_add_(params, step, alpha=-lr)
             return
-        trust = self._trust(group, adapted, u[: len(adapted)], len(excluded))
-        scale = self._per_tensor(trust, params)
+        # u = g + wd * w for the adapted tensors (new tensors: p.grad stays untouched), g otherwise.
+        u = list(torch._foreach_add(grads[:n], params[:n], alpha=group["weight_decay"]))
+        scale = self._scale(group, bucket, params[:n] + u)
+        u += grads[n:]
+        torch._foreach_mul_(bufs, m)
         if group["nesterov"]:
             scaled = torch._foreach_mul(u, scale)  # trust * u, needed twice
             torch._foreach_add_(bufs, scaled)
@@ -156,59 +198,117 @@ class LARS(torch.optim.Optimizer):
             torch._foreach_addcmul_(bufs, u, scale)  # v <- m * v + trust * u in one pass
             torch._foreach_add_(params, bufs, alpha=-lr)
 
-    def _trust(self, group: dict, params: list[Tensor], u: list[Tensor], n_excluded: int) -> Tensor:
-        """Trust ratios of the adapted tensors, then 1 for each of the n_excluded ones, on the device."""
-        n = len(params)
-        norms = torch.stack(list(torch._foreach_norm(params)) + list(torch._foreach_norm(u)))
+    def _scale(self, group: dict, bucket: _Bucket, w_and_u: list[Tensor]) -> list[Tensor]:
+        """One multiplier per tensor of the bucket: the trust ratios of the adapted ones, then 1s.
+
+        Computed on the device into the bucket's trust buffer (whose extra last element, a 1, serves
+        the excluded tensors), from one ``torch._foreach_norm`` call. CUDA's fused foreach kernels need both
+        lists to have the same shapes (a 0-dim operand sends them down a per-tensor loop), so there
+        the ratios are spread over a flat buffer with views shaped like the parameters (one
+        index_select per step). On CPU foreach ops loop per tensor anyway and 0-dim multipliers avoid
+        the buffer.
+        """
+        n = bucket.n_adapted
+        trust, head, one = bucket.trust_buffer()
+        norms = torch.stack(torch._foreach_norm(w_and_u))  # ||w|| of the adapted tensors, then ||u||
         if norms.dtype in (torch.float16, torch.bfloat16):
             norms = norms.float()
         w_norm, g_norm = norms[:n], norms[n:]
         denominator = g_norm + group["eps"] if group["eps"] else g_norm
         ratio = w_norm / denominator * group["trust_coefficient"]
-        trust = torch.where(torch.minimum(w_norm, g_norm) > 0, ratio, 1.0)
-        if group["clip"]:
-            trust = torch.clamp(trust / group["lr"], max=1.0)
-        if n_excluded:
-            trust = torch.cat([trust, trust.new_ones(n_excluded)])
-        return trust.to(params[0].dtype)
+        valid = torch.minimum(w_norm, g_norm) > 0
+        if ratio.dtype != trust.dtype:  # float16 / bfloat16 parameters
+            ratio = torch.where(valid, ratio, 1.0)
+            head.copy_(torch.clamp(ratio / group["lr"], max=1.0) if group["clip"] else ratio)
+        elif group["clip"]:
+            torch.clamp(torch.where(valid, ratio, 1.0).div_(group["lr"]), max=1.0, out=head)
+        else:
+            torch.where(valid, ratio, one, out=head)
+        flat = self._broadcast == "flat" or (self._broadcast == "auto" and bucket.device.type == "cuda")
+        return bucket.spread(trust) if flat else bucket.scalars(trust)
 
-    def _per_tensor(self, trust: Tensor, params: list[Tensor]) -> list[Tensor]:
-        """One multiplier per parameter, in a form the multi-tensor kernels accept.
 
-        CUDA's fused foreach kernels need both lists to have the same shapes (a 0-dim operand
-        sends them down a per-tensor loop), so there the ratios are spread over a flat buffer
-        (kept between steps, as are its views shaped like the parameters: one index_select per
-        step). On CPU foreach ops loop per tensor anyway and 0-dim multipliers avoid the buffer.
-        """
-        flat = self._broadcast == "flat" or (self._broadcast == "auto" and trust.device.type == "cuda")
-        if not flat:
-            return list(trust.unbind(0))
-        key = (trust.device, trust.dtype, tuple(p.shape for p in params))
-        cached = self._spread.get(key)
-        if cached is None:
-            numels = [p.numel() for p in params]
-            ids = torch.repeat_interleave(torch.arange(len(numels)), torch.tensor(numels)).to(trust.device)
-            buffer = torch.empty(len(ids), dtype=trust.dtype, device=trust.device)
-            views = [v.view(p.shape) for v, p in zip(buffer.split(numels), params)]
-            cached = self._spread[key] = (ids, buffer, views)
-        ids, buffer, views = cached
+class _Bucket:
+    """The parameters of one group on one device with one dtype that have gradients: the adapted
+    ones, then the excluded ones, with their state dicts and the step's reusable buffers."""
+
+    __slots__ = ("device", "dtype", "params", "n_adapted", "states", "fusable", "_trust", "_scalars",
+                 "_flat", "_views")
+
+    def __init__(self, device: torch.device, dtype: torch.dtype, adapted: list[Tensor],
+                 excluded: list[Tensor], state: dict):
+        self.device, self.dtype = device, dtype
+        self.params = adapted + excluded
+        self.n_adapted = len(adapted)
+        self.states = [state[p] for p in self.params]
+        self.fusable = device.type == "cpu" and dtype in _FUSED_DTYPES
+        self._trust = self._scalars = self._flat = self._views = None
+
+    def trust_buffer(self) -> tuple[Tensor, Tensor, Tensor]:
+        """n_adapted + 1 elements: the trust ratios, written each step, then a constant 1; with
+        views of the ratios and of the 1."""
+        if self._trust is None:
+            trust = torch.ones(self.n_adapted + 1, dtype=self.dtype, device=self.device)
+            self._trust = (trust, trust[: self.n_adapted], trust[self.n_adapted])
+        return self._trust
+
+    def scalars(self, trust: Tensor) -> list[Tensor]:
+        """0-dim views of ``trust``, one per parameter."""
+        if self._scalars is None:
+            ones = [trust[self.n_adapted]] * (len(self.params) - self.n_adapted)
+            self._scalars = list(trust[: self.n_adapted].unbind(0)) + ones
+        return self._scalars
+
+    def spread(self, trust: Tensor) -> list[Tensor]:
+        """``trust`` spread over a flat buffer, as views shaped like the parameters."""
+        if self._flat is None:
+            numels = [p.numel() for p in self.params]
+            index = [min(i, self.n_adapted) for i in range(len(numels))]  # excluded -> the 1
+            ids = torch.repeat_interleave(torch.tensor(index), torch.tensor(numels)).to(self.device)
+            buffer = torch.empty(len(ids), dtype=trust.dtype, device=self.device)
+            self._views = [v.view(p.shape) for v, p in zip(buffer.split(numels), self.params)]
+            self._flat = (ids, buffer)
+        ids, buffer = self._flat
         torch.index_select(trust, 0, ids, out=buffer)
-        return views
+        return self._views
+
+
+class _Plan:
+    """A group's buckets and what they were made from (see LARS._prepare)."""
+
+    __slots__ = ("group", "params", "rule", "exclude", "idle", "buckets")
+
+    def __init__(self, group: dict, idle: list[Tensor], buckets: list[_Bucket]):
+        self.group = group
+        self.params = list(group["params"])
+        self.rule, self.exclude = group["lars_exclude"], group["exclude_bias_and_norm"]
+        self.idle, self.buckets = idle, buckets
+
+    def current(self, group: dict) -> bool:
+        params = group["params"]
+        return (group["lars_exclude"] is self.rule and group["exclude_bias_and_norm"] == self.exclude
+                and len(params) == len(self.params) and all(map(is_, params, self.params)))
+
+    def gather(self) -> list[tuple[list[Tensor], list[Tensor]]] | None:
+        """Per bucket, the gradients and buffers; None when the set of gradients changed."""
+        out = []
+        for bucket in self.buckets:
+            grads = [p.grad for p in bucket.params]
+            if any(map(is_, grads, repeat(None))):
+                return None
+            try:
+                bufs = [s["momentum_buffer"] for s in bucket.states]
+            except KeyError:
+                return None
+            out.append((grads, bufs))
+        for p in self.idle:
+            if p.grad is not None:
+                return None
+        return out
 
 
 _FUSED_DTYPES = (torch.float32, torch.float64)
 _CPU_OP: list = []  # [torch.ops.skelcl.lars_step_ or None] once the build was tried
-
-
-def _fusable(params: list[Tensor], grads: list[Tensor], bufs: list[Tensor]) -> bool:
-    """Whether the fused CPU kernel takes this bucket: contiguous CPU float32/float64 tensors."""
-    first = params[0]
-    if first.device.type != "cpu" or first.dtype not in _FUSED_DTYPES:
-        return False
-    # PyTorch keeps .grad at its parameter's dtype, device and shape; buffers loaded from a state
-    # dict are cast to the parameter's dtype and device, so only layout and buffer dtype vary.
-    return all(p.is_contiguous() and g.is_contiguous() and v.is_contiguous() and v.dtype == p.dtype
-               for p, g, v in zip(params, grads, bufs))
 
 
 def _cpu_op():
