@@ -181,21 +181,22 @@ class LARS(torch.optim.Optimizer):
         if not n:  # trust 1 everywhere: plain momentum SGD
             torch._foreach_mul_(bufs, m)
             torch._foreach_add_(bufs, grads)
-            step = torch._foreach_add(grads, bufs, alpha=m) if group["nesterov"] else bufs
-            torch._foreach_add_(params, step, alpha=-lr)
+            if group["nesterov"]:  # w - lr * (g + m * v) as w - lr * g - lr * m * v: no temporaries
+                torch._foreach_add_(params, grads, alpha=-lr)
+                torch._foreach_add_(params, bufs, alpha=-lr * m)
+            else:
+                torch._foreach_add_(params, bufs, alpha=-lr)
             return
         # u = g + wd * w for the adapted tensors (new tensors: p.grad stays untouched), g otherwise.
         u = list(torch._foreach_add(grads[:n], params[:n], alpha=group["weight_decay"]))
         scale = self._scale(group, bucket, params[:n] + u)
         u += grads[n:]
         torch._foreach_mul_(bufs, m)
-        if group["nesterov"]:
-            scaled = torch._foreach_mul(u, scale)  # trust * u, needed twice
-            torch._foreach_add_(bufs, scaled)
-            torch._foreach_add_(scaled, bufs, alpha=m)
-            torch._foreach_add_(params, scaled, alpha=-lr)
+        torch._foreach_addcmul_(bufs, u, scale)  # v <- m * v + trust * u in one pass
+        if group["nesterov"]:  # w - lr * (trust * u + m * v), as two updates of w: no temporaries
+            torch._foreach_addcmul_(params, u, scale, value=-lr)
+            torch._foreach_add_(params, bufs, alpha=-lr * m)
         else:
-            torch._foreach_addcmul_(bufs, u, scale)  # v <- m * v + trust * u in one pass
             torch._foreach_add_(params, bufs, alpha=-lr)
 
     def _scale(self, group: dict, bucket: _Bucket, w_and_u: list[Tensor]) -> list[Tensor]:
