@@ -20,7 +20,8 @@
 //
 // Scheduling: one OpenMP parallel region per call (none below kSerial elements in all). A tensor is
 // one task: the thread that sums its squares updates it right after, while w and g are still in
-// its caches, and there is no barrier between the two passes. Tasks go largest first with dynamic
+// cache (its L2 for tensors up to ~100K float32 elements, the shared L3 beyond), and there is no
+// barrier between the two passes. Tasks go largest first with dynamic
 // scheduling, so the threads finish together even when one of them is slowed down by other work.
 // Tensors larger than total / (2 * threads) (and kSplitMin) would unbalance that; they are cut into
 // chunks handled by all threads, with two barriers: sums, then trust ratios, then updates.
@@ -36,10 +37,6 @@
 #include <cmath>
 #include <cstring>
 #include <vector>
-
-#ifdef _OPENMP
-#include <omp.h>
-#endif
 
 namespace {
 
