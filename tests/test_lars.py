@@ -509,6 +509,33 @@ def test_load_state_dict_into_a_stepped_optimizer(rng):
         assert torch.equal(a, b)
 
 
+def test_fused_results_do_not_depend_on_the_thread_count(rng):
+    """Serial and parallel kernel runs, whole-tensor tasks and tensors split between threads
+    (adapted and excluded): bitwise the same weights and buffers."""
+    if lars_module._cpu_op() is None:
+        pytest.skip("the C++ extension could not be built")
+    shapes = [(600, 500), (300_000,), (50, 50), (70_001,), (3, 7, 5), (1,)]
+    weights = [0.1 * torch.randn(s, generator=rng) for s in shapes]
+    grads = [[torch.randn(s, generator=rng) for s in shapes] for _ in range(3)]
+    results = []
+    threads = torch.get_num_threads()
+    try:
+        for n_threads in (1, 2, 3):
+            torch.set_num_threads(n_threads)
+            params = [nn.Parameter(w.clone()) for w in weights]
+            opt = use_path(LARS(params, lr=0.8, nesterov=True, weight_decay=1e-4), "fused")
+            for step_grads in grads:
+                for p, g in zip(params, step_grads):
+                    p.grad = g.clone()
+                opt.step()
+            results.append([p.detach().clone() for p in params]
+                           + [opt.state[p]["momentum_buffer"] for p in params])
+    finally:
+        torch.set_num_threads(threads)
+    for other in results[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(results[0], other))
+
+
 def test_closure_returns_loss(rng):
     net = make_net(torch.float64)
     opt = LARS(net.parameters(), lr=0.1)
