@@ -41,9 +41,21 @@ def _root_on_path():
         sys.path.insert(0, root)
 
 
+ECHO = False  # the command line prints each row as soon as it is measured (a killed run keeps them)
+
+
+def _format(r: dict) -> str:
+    ms = "-" if r["ms"] is None else f"{r['ms']:.2f}"
+    return (f"{r['suite']:15s} {r['case']:28s} {r['impl']:22s} ms={ms:>9s} peak_mib={r['peak_mib']} "
+            f"{r['note']}")
+
+
 def _row(suite, case, impl, ms=None, peak_mib=None, ratio=None, note=""):
-    return {"suite": suite, "case": case, "impl": impl, "ms": ms, "peak_mib": peak_mib,
-            "ratio_vs_ref": ratio, "note": note}
+    row = {"suite": suite, "case": case, "impl": impl, "ms": ms, "peak_mib": peak_mib,
+           "ratio_vs_ref": ratio, "note": note}
+    if ECHO:
+        print(_format(row), flush=True)
+    return row
 
 
 def _time_fwd_bwd(fn, z1, z2, repeats):
@@ -269,7 +281,6 @@ if __name__ == "__main__":
     ap.add_argument("--no-sweep", action="store_true", help="skip the tile sweep (use the defaults)")
     args = ap.parse_args()
     chosen = [int(v) for v in args.sizes.split(",")] if args.sizes else None
-    for r in run(args.out_dir, args.quick, chosen, tuple(args.impls.split(",")), not args.no_sweep):
-        ms = "-" if r["ms"] is None else f"{r['ms']:.2f}"
-        print(f"{r['suite']:15s} {r['case']:28s} {r['impl']:22s} ms={ms:>9s} "
-              f"peak_mib={r['peak_mib']} {r['note']}")
+    ECHO = True
+    rows = run(args.out_dir, args.quick, chosen, tuple(args.impls.split(",")), not args.no_sweep)
+    print("\n".join(_format(r) for r in rows if r["ratio_vs_ref"]))  # rows whose ratio came last
