@@ -1,14 +1,21 @@
 """ST-GCN (Yan et al. 2018) with channels-last activations.
 
-Activations live as ``(N*M, T, V, C)`` contiguous: 1x1 convolutions are GEMMs over the last
-dimension, the temporal convolution is a (k, 1) conv2d on the ``(N*M, C, T, V)`` view, which is
-exactly PyTorch's channels_last memory format, so no copies are made between layers.
+Activations live as ``(N*M, V, T, C)`` contiguous (joints before frames, channels last), which is
+PyTorch's channels_last memory format for the ``(N*M, C, V, T)`` view, so every convolution and
+batch norm below runs on a view and no activation is copied between layers.
 
-The spatial graph convolution ``out[w] = sum_k sum_v A_k[v, w] (W_k x[v] + b_k)`` runs as one
-GEMM over the channels for all K partitions at once (``C_in -> K*C_out``), then one batched
-product with the ``(W, V*K)`` matrix ``A[k, v, w]`` that mixes joints and sums partitions.
+- The temporal convolution is a ``(1, k)`` conv2d over T, the innermost spatial dimension of that
+  view (the original ``(k, 1)`` weight, viewed). oneDNN computes its weight gradient faster this
+  way than with T as the outer spatial dimension (``(N*M, T, V, C)`` layout).
+- The spatial graph convolution ``out[w] = sum_k sum_v A_k[v, w] (W_k x[v] + b_k)`` mixes the
+  joints first: one batched product per sequence with the ``(K*W, V)`` matrix ``A[k, v, w]`` over
+  all frames and channels at once, giving ``(N*M, K, W, T, C_in)``; then one GEMM over
+  ``(k, c_in)`` maps to ``C_out`` (on CPU a depth-K conv3d on the channels_last_3d view, elsewhere a
+  linear layer), and the bias enters as its mixed form ``sum_k (sum_v A_k[v, w]) b_k`` per
+  ``(w, c)``. Mixing first works on the narrower side when a block widens and on 3 channels in
+  the first block.
 
-Parameters keep the shapes of the original 1x1 convolutions (squeezed), so
+Parameters keep the shapes of the original convolutions (1x1 ones squeezed), so
 ``skelcl.models.convert_stgcn_state_dict`` maps original checkpoints one to one.
 """
 
@@ -50,7 +57,7 @@ def default_strides(widths: Sequence[int]) -> tuple[int, ...]:
 
 
 class GraphConv(nn.Module):
-    """Spatial graph convolution over K adjacency partitions on ``(B, T, V, C)`` activations.
+    """Spatial graph convolution over K adjacency partitions on ``(B, V, T, C)`` activations.
 
     ``weight`` is ``(K*C_out, C_in)`` and ``bias`` ``(K*C_out,)`` with row ``k*C_out + c``, the
     layout of the original ``Conv2d(C_in, K*C_out, 1)``.
@@ -71,34 +78,35 @@ class GraphConv(nn.Module):
             nn.init.uniform_(self.bias, -bound, bound)
 
     def forward(self, x: Tensor, adjacency: Tensor) -> Tensor:
-        b, t, v, _ = x.shape
+        b, v, t, c_in = x.shape
         k, c_out = self.num_partitions, self.out_channels
         w_joints = adjacency.shape[-1]
-        # One GEMM for all partitions: (B*T*V, C_in) @ (C_in, K*C_out); viewed as (B*T, V*K, C_out)
-        # its rows are (v, k) pairs, so mixing joints and summing partitions is one more product
-        # with the (W, V*K) matrix A[k, v, w], shared by every (b, t). bmm with that matrix
-        # expanded (stride 0) needs no copy of the activations, unlike matmul/einsum here.
-        y = F.linear(x, self.weight, self.bias).view(b * t, v * k, c_out)
-        mix = adjacency.permute(2, 1, 0).reshape(w_joints, v * k).to(y.dtype)  # cast before expanding
-        return torch.bmm(mix.expand(b * t, w_joints, v * k), y).view(b, t, w_joints, c_out)
+        adjacency = adjacency.to(x.dtype)
+        mix = adjacency.transpose(1, 2).reshape(k * w_joints, v)  # row k*W + w: A[k, :, w]
+        # sum_v A_k[v, w] (W_k x[v] + b_k) = W_k (sum_v A_k[v, w] x[v]) + (sum_v A_k[v, w]) b_k
+        bias = None if self.bias is None else adjacency.sum(1).t() @ self.bias.view(k, c_out)  # (W, C_out)
+        if x.device.type == "cpu":  # oneDNN: depth-K conv3d on the channels_last_3d view, no copy
+            xa = torch.bmm(mix.expand(b, k * w_joints, v), x.reshape(b, v, t * c_in))  # (B, K, W, T, C_in)
+            w3 = self.weight.view(k, c_out, c_in).permute(1, 2, 0).reshape(c_out, c_in, k, 1, 1)
+            out = F.conv3d(xa.view(b, k, w_joints, t, c_in).permute(0, 4, 1, 2, 3), w3)  # (B, C_out, 1, W, T)
+            if bias is not None:
+                out.add_(bias.t().reshape(c_out, 1, w_joints, 1))  # in place on the conv output, not a view
+            return out.permute(0, 2, 3, 4, 1).view(b, w_joints, t, c_out)
+        xa = torch.matmul(mix, x.reshape(b, v, t * c_in)).view(b, k, w_joints, t, c_in)
+        xa = xa.permute(0, 2, 3, 1, 4).reshape(b, w_joints, t, k * c_in)
+        weight = self.weight.view(k, c_out, c_in).transpose(0, 1).reshape(c_out, k * c_in)
+        out = F.linear(xa, weight)
+        return out if bias is None else out + bias.view(w_joints, 1, c_out)
 
     def extra_repr(self) -> str:
         return f"{self.in_channels}, {self.out_channels}, partitions={self.num_partitions}"
 
 
-def _bn_channels_last(bn: nn.Module, x: Tensor) -> Tensor:
-    """Apply a BatchNorm2d to ``(B, T, V, C)`` through its channels_last ``(B, C, T, V)`` view."""
-    return bn(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
-
-
-def _channels_last_contiguous(x: Tensor) -> Tensor:
-    """``(B, C, T, V)`` result of a conv/BN back to a contiguous ``(B, T, V, C)``: free when it is
-    already in channels_last memory format, one copy otherwise (some backends return NCHW)."""
-    return x.permute(0, 2, 3, 1).contiguous()
-
-
 class ResidualProjection(nn.Module):
-    """1x1 convolution (stride over T) + BN for a residual whose shape changes."""
+    """1x1 convolution (stride over T) + BN for a residual whose shape changes.
+
+    ``(B, V, T, C_in)`` -> ``(B, C_out, V, T')`` in channels_last memory format, ready to add to the
+    block output."""
 
     def __init__(self, in_channels: int, out_channels: int, stride: int):
         super().__init__()
@@ -107,13 +115,18 @@ class ResidualProjection(nn.Module):
         self.bn = nn.BatchNorm2d(out_channels)
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.stride > 1:
-            x = x[:, :: self.stride]
-        return _bn_channels_last(self.bn, self.linear(x))
+        w = self.linear.weight
+        if x.device.type == "cpu":  # oneDNN 1x1 convolution: faster than the sgemm behind F.linear here
+            y = F.conv2d(x.permute(0, 3, 1, 2), w.view(*w.shape, 1, 1), self.linear.bias, (1, self.stride))
+        else:
+            y = F.linear(x[:, :, :: self.stride], w, self.linear.bias).permute(0, 3, 1, 2)
+        return self.bn(y)
 
 
 class STGCNBlock(nn.Module):
-    """Graph conv -> BN -> ReLU -> (k x 1) temporal conv -> BN -> dropout, + residual, ReLU."""
+    """Graph conv -> BN -> ReLU -> (k x 1) temporal conv -> BN -> dropout, + residual, ReLU.
+
+    Takes and returns ``(B, V, T, C)`` activations."""
 
     def __init__(self, in_channels: int, out_channels: int, num_partitions: int, temporal_kernel: int = 9,
                  stride: int = 1, dropout: float = 0.0, residual: bool = True):
@@ -125,6 +138,7 @@ class STGCNBlock(nn.Module):
         self.dropout = dropout
         self.graph_conv = GraphConv(in_channels, out_channels, num_partitions)
         self.bn_graph = nn.BatchNorm2d(out_channels)
+        # Holds the original (k, 1) weight; forward applies it as (1, k) over the (B, C, V, T) view.
         self.temporal_conv = nn.Conv2d(out_channels, out_channels, (temporal_kernel, 1), (stride, 1),
                                        ((temporal_kernel - 1) // 2, 0))
         self.bn_temporal = nn.BatchNorm2d(out_channels)
@@ -136,15 +150,21 @@ class STGCNBlock(nn.Module):
             self.residual = ResidualProjection(in_channels, out_channels, stride)
 
     def forward(self, x: Tensor, adjacency: Tensor) -> Tensor:
-        y = self.graph_conv(x, adjacency)
-        y = F.relu(self.bn_graph(y.permute(0, 3, 1, 2)), inplace=True)
-        y = self.bn_temporal(self.temporal_conv(y))
-        y = _channels_last_contiguous(y)
+        y = self.graph_conv(x, adjacency).permute(0, 3, 1, 2)  # (B, C, V, T), channels_last
+        y = F.relu(self.bn_graph(y), inplace=True)
+        conv = self.temporal_conv
+        w = conv.weight.view(*conv.weight.shape[:2], 1, -1)  # (k, 1) kernel as (1, k)
+        y = F.conv2d(y, w, conv.bias, (1, conv.stride[0]), (0, conv.padding[0]))
+        y = self.bn_temporal(y)
         if self.dropout > 0:
             y = F.dropout(y, self.dropout, self.training)
-        if self.residual is not None:
-            y = y + self.residual(x)
-        return F.relu(y, inplace=True)
+        # In place on the BN/dropout output itself (their backward does not read it), never on a view
+        # of it: an in-place op on a view makes autograd copy the whole gradient in the backward.
+        if isinstance(self.residual, nn.Identity):
+            y = y.add_(x.permute(0, 3, 1, 2))
+        elif self.residual is not None:
+            y = y.add_(self.residual(x))
+        return F.relu(y, inplace=True).permute(0, 2, 3, 1)
 
 
 class STGCN(nn.Module):
@@ -212,7 +232,7 @@ class STGCN(nn.Module):
         self._check_input(x)
         n, c, t, v, m = x.shape
         x = x.permute(0, 4, 2, 3, 1).reshape(n * m * t, v * c)  # (N*M*T, V*C): one copy
-        x = self.data_bn(x).view(n * m, t, v, c)
+        x = self.data_bn(x).view(n * m, t, v, c).transpose(1, 2).contiguous()  # (N*M, V, T, C): one copy
         for i, block in enumerate(self.blocks):
             adjacency = self.A if self.edge_importance is None else self.A * self.edge_importance[i]
             x = block(x, adjacency)
