@@ -8,6 +8,7 @@ from nctv_stgcn import NCTVSTGCN
 
 from skelcl.layouts import get_layout
 from skelcl.models import STGCN, ContrastiveModel, build_encoder, convert_stgcn_state_dict
+from skelcl.models import stgcn as stgcn_module
 
 SMALL = (8, 8, 12, 12, 16)  # strides 1, 1, 2, 1, 2
 
@@ -65,6 +66,80 @@ def test_matches_nctv_float64(rng, layout, t, num_classes, train):
         s_ref = convert_stgcn_state_dict(ref.state_dict())
         for k, val in new.state_dict().items():
             torch.testing.assert_close(val, s_ref[k], rtol=1e-10, atol=1e-12, msg=k)
+
+
+def _check_against_nctv(rng, layout="ntu25", widths=SMALL, t=13, frozen=(), input_grad=True):
+    """Float64 outputs, input gradient, parameter gradients and running statistics vs the NCTV model;
+    parameters whose (skelcl) name starts with one of ``frozen`` get no gradient in either model."""
+    ref, new = _pair(layout, widths=widths, gen=rng)
+    ref_names = [n for n, _ in ref.named_parameters()]
+    index = convert_stgcn_state_dict({n: torch.tensor(i) for i, n in enumerate(ref_names)}, prefix="")
+    for new_name, i in index.items():
+        if new_name.startswith(frozen):
+            ref.get_parameter(ref_names[int(i)]).requires_grad_(False)
+            new.get_parameter(new_name).requires_grad_(False)
+    x = torch.randn(3, 3, t, get_layout(layout).num_joints, 2, generator=rng, dtype=torch.float64)
+    x_ref, x_new = x.clone().requires_grad_(input_grad), x.clone().requires_grad_(input_grad)
+    out_ref, out_new = ref(x_ref), new(x_new)
+    torch.testing.assert_close(out_new, out_ref, rtol=1e-10, atol=1e-10)
+    w = torch.randn(out_ref.shape, generator=rng, dtype=torch.float64)
+    (out_ref * w).sum().backward()
+    (out_new * w).sum().backward()
+    if input_grad:
+        torch.testing.assert_close(x_new.grad, x_ref.grad, rtol=1e-9, atol=1e-10)
+    g_ref = convert_stgcn_state_dict({n: p.grad for n, p in ref.named_parameters() if p.grad is not None},
+                                     prefix="")
+    for k, p in new.named_parameters():
+        if k.startswith(frozen):
+            assert p.grad is None and k not in g_ref, k
+        else:
+            torch.testing.assert_close(p.grad, g_ref[k], rtol=1e-9, atol=1e-10, msg=k)
+    s_ref = convert_stgcn_state_dict(ref.state_dict())
+    for k, val in new.state_dict().items():
+        torch.testing.assert_close(val, s_ref[k], rtol=1e-10, atol=1e-12, msg=k)
+
+
+def test_portable_path_matches_nctv(rng, monkeypatch):
+    """The path other devices (and CPU autocast) take: F.linear instead of oneDNN convolutions and
+    autograd instead of the hand-written GraphConv backward, run here on CPU tensors."""
+    monkeypatch.setattr(stgcn_module, "_cpu", lambda x: False)
+    _check_against_nctv(rng)
+    _check_against_nctv(rng, layout="coco17", widths=(8, 16, 16), t=9)
+
+
+def test_cpu_backward_in_chunks(rng, monkeypatch):
+    """The GraphConv input gradient computed one sequence at a time (tiny chunk size)."""
+    monkeypatch.setattr(stgcn_module, "_CHUNK_BYTES", 1)
+    _check_against_nctv(rng)
+
+
+@pytest.mark.parametrize("frozen,input_grad", [(("data_bn.", "edge_importance."), False),
+                                               (("blocks.1.graph_conv.",), True), (("blocks.0.",), True)])
+def test_cpu_backward_partial_gradients(rng, frozen, input_grad):
+    """Only some GraphConv inputs need a gradient (no adjacency gradient without learnable edge
+    importance, no input gradient into the first block when data_bn is frozen, ...)."""
+    _check_against_nctv(rng, frozen=frozen, input_grad=input_grad)
+
+
+def test_graph_conv_cpu_backward_float32(rng):
+    """The hand-written CPU backward against autograd through the portable path, float32, with
+    widths and lengths that make several chunks and strided (non-dense) per-partition views."""
+    torch.manual_seed(0)
+    gc = stgcn_module.GraphConv(24, 40, 3)
+    x = torch.randn(5, 25, 11, 24, generator=rng, requires_grad=True)
+    adjacency = (get_layout("ntu25").adjacency_partitions() * (0.5 + torch.rand(3, 25, 25, generator=rng)))
+    adjacency.requires_grad_()
+    g = torch.randn(5, 25, 11, 40, generator=rng)
+    results = []
+    for fast in (True, False):
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(stgcn_module, "_cpu_fast_path", lambda x, fast=fast: fast)
+            mp.setattr(stgcn_module, "_CHUNK_BYTES", 3 * 25 * 11 * 24 * 4 * 2)  # two sequences per chunk
+            out = gc(x, adjacency)
+            grads = torch.autograd.grad(out, (x, adjacency, gc.weight, gc.bias), g)
+            results.append((out, *grads))
+    for fast_t, plain_t in zip(*results):
+        torch.testing.assert_close(fast_t, plain_t, rtol=1e-4, atol=1e-4)
 
 
 def test_matches_nctv_float32(rng):

@@ -57,10 +57,16 @@ def default_strides(widths: Sequence[int]) -> tuple[int, ...]:
     return tuple(1 if i == 0 or widths[i] <= widths[i - 1] else 2 for i in range(len(widths)))
 
 
+def _cpu(x: Tensor) -> bool:
+    """CPU tensors take oneDNN convolutions where other devices take F.linear: on CPUs where MKL's
+    sgemm runs its AVX2 path (measured on AMD EPYC: about 130 GF/s, oneDNN convs 200-250)."""
+    return x.device.type == "cpu"
+
+
 def _cpu_fast_path(x: Tensor) -> bool:
     """Hand-written backward (GraphConv) for CPU tensors outside autocast (inside it, ops cast their
     inputs and the plain autograd path keeps the dtypes consistent)."""
-    return x.device.type == "cpu" and not torch.is_autocast_enabled("cpu")
+    return _cpu(x) and not torch.is_autocast_enabled("cpu")
 
 
 def _conv_grad(grad: Tensor, inp: Tensor, weight: Tensor, which: int) -> Tensor:
@@ -193,7 +199,7 @@ class ResidualProjection(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         w = self.linear.weight
-        if x.device.type == "cpu":  # oneDNN 1x1 convolution: faster than the sgemm behind F.linear here
+        if _cpu(x):  # oneDNN 1x1 convolution
             y = F.conv2d(x.permute(0, 3, 1, 2), w.view(*w.shape, 1, 1), self.linear.bias, (1, self.stride))
         else:
             y = F.linear(x[:, :, :: self.stride], w, self.linear.bias).permute(0, 3, 1, 2)
