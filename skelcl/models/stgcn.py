@@ -13,8 +13,9 @@ batch norm below runs on a view and no activation is copied between layers.
   ``(k, c_in)`` maps to ``C_out`` (on CPU a depth-K conv3d on the channels_last_3d view, elsewhere a
   linear layer), and the bias enters as its mixed form ``sum_k (sum_v A_k[v, w]) b_k`` per
   ``(w, c)``. Mixing first works on the narrower side when a block widens and on 3 channels in
-  the first block. On CPU (outside autocast) a custom backward computes the weight gradient one
-  partition at a time and the bias gradient in two cheap reductions.
+  the first block. On CPU (outside autocast) a custom autograd function never holds the mixed
+  activations (K times the input) for more than a few sequences at a time, and computes the
+  weight gradient one partition at a time.
 
 Parameters keep the shapes of the original convolutions (1x1 ones squeezed), so
 ``skelcl.models.convert_stgcn_state_dict`` maps original checkpoints one to one.
@@ -77,18 +78,28 @@ def _conv_grad(grad: Tensor, inp: Tensor, weight: Tensor, which: int) -> Tensor:
                                                (which == 0, which == 1, False))[which]
 
 
-_CHUNK_BYTES = 8 << 20
+_CHUNK_BYTES = 8 << 20  # mixed activations per chunk of sequences (K times the size of the input)
+
+
+def _chunks(b: int, bytes_per_sequence: int):
+    step = max(1, _CHUNK_BYTES // max(1, bytes_per_sequence))
+    return [(lo, min(b, lo + step)) for lo in range(0, b, step)]
 
 
 class _MixProjectCPU(torch.autograd.Function):
     """GraphConv on CPU: ``(B, V, T, C_in)``, mixing matrix ``(K*W, V)``, weight ``(K*C_out, C_in)``,
-    mixed bias ``(W, C_out)`` or None -> ``(B, W, T, C_out)``. Same function as the plain path in
-    GraphConv.forward; the backward differs only in how it is computed:
+    mixed bias ``(W, C_out)`` or None -> ``(B, W, T, C_out)``. Same function as the portable path in
+    GraphConv.forward, computed differently:
 
-    - weight gradient: K 1x1-conv weight gradients, one per partition, read straight from the mixed
-      activations (oneDNN is about 1.2-1.4x faster at this than the depth-K conv3d weight gradient);
-    - bias gradient: sum over T, then over B (the single ``sum`` over both that autograd would run
-      for the broadcast add is about 2x slower).
+    - the mixed activations ``(b, K, W, T, C_in)`` (K times the size of the input) exist only a few
+      sequences (about 8 MB) at a time: mixed and projected chunk by chunk in the forward, mixed
+      again in the backward instead of being saved. This saves about a third of the encoder's
+      activation memory, keeps those buffers in cache and reused, and avoids the 61-64 MB
+      allocations that glibc maps and the kernel page-faults afresh every step;
+    - weight gradient: K 1x1-conv weight gradients, one per partition (oneDNN is about 1.2-1.4x
+      faster at this than the depth-K conv3d weight gradient);
+    - bias gradient: sum over T, then over B (about 2x faster than autograd's single ``sum`` over
+      both for the broadcast add).
     """
 
     @staticmethod
@@ -97,48 +108,50 @@ class _MixProjectCPU(torch.autograd.Function):
         b, v, t, c_in = x.shape
         kw, c_out = mix.shape[0], weight.shape[0] // k
         w_joints = kw // k
-        xa = torch.bmm(mix.expand(b, kw, v), x.view(b, v, t * c_in))  # (B, K, W, T, C_in) in memory
+        x3 = x.view(b, v, t * c_in)
         w3 = weight.view(k, c_out, c_in).permute(1, 2, 0).reshape(c_out, c_in, k, 1, 1)
-        out = F.conv3d(xa.view(b, k, w_joints, t, c_in).permute(0, 4, 1, 2, 3), w3)  # (B, C_out, 1, W, T)
+        outs = []
+        for lo, hi in _chunks(b, kw * t * c_in * x.element_size()):
+            xa = torch.bmm(mix.expand(hi - lo, kw, v), x3[lo:hi])  # (b, K, W, T, C_in) in memory
+            outs.append(F.conv3d(xa.view(hi - lo, k, w_joints, t, c_in).permute(0, 4, 1, 2, 3), w3))
+        out = outs[0] if len(outs) == 1 else torch.cat(outs)  # (B, C_out, 1, W, T) channels_last_3d
         if bias is not None:
             out.add_(bias.t().reshape(c_out, 1, w_joints, 1))  # in place on the conv output, not a view
-        ctx.save_for_backward(x, mix, xa, w3)
+        ctx.save_for_backward(x, mix, w3)
         ctx.k, ctx.has_bias = k, bias is not None
         return out.permute(0, 2, 3, 4, 1).view(b, w_joints, t, c_out)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        x, mix, xa, w3 = ctx.saved_tensors
+        x, mix, w3 = ctx.saved_tensors
         need_x, need_mix, need_w, need_b = ctx.needs_input_grad[:4]
         k = ctx.k
         b, v, t, c_in = x.shape
         kw, c_out = mix.shape[0], w3.shape[0]
         w_joints = kw // k
         grad = grad.contiguous()  # (B, W, T, C_out)
-        xa5 = xa.view(b, k, w_joints, t, c_in)
-        grad_x = grad_mix = grad_w = grad_b = None
-        if need_w:
-            g2 = grad.permute(0, 3, 1, 2)  # (B, C_out, W, T) channels_last
-            w1 = w3[:, :, 0]  # shape (C_out, C_in, 1, 1): only its shape and dtype are read
-            grad_w = torch.cat([_conv_grad(g2, xa5[:, i].permute(0, 3, 1, 2), w1, 1) for i in range(k)])
-            grad_w = grad_w.view(k * c_out, c_in)
-        if need_x or need_mix:
-            # The input gradient of the conv3d is K times the size of x: computed and consumed a few
-            # sequences at a time, so the buffer stays small (reused, cache-friendly, no page faults).
-            g3 = grad.view(b, 1, w_joints, t, c_out).permute(0, 4, 1, 2, 3)
-            x3 = x.view(b, v, t * c_in)
-            grad_x = torch.empty_like(x3) if need_x else None
-            step = max(1, _CHUNK_BYTES // max(1, xa[0].numel() * xa.element_size()))
-            for lo in range(0, b, step):
-                hi = min(b, lo + step)
-                gxa = _conv_grad(g3[lo:hi], xa5[lo:hi].permute(0, 4, 1, 2, 3), w3, 0)
+        x3 = x.view(b, v, t * c_in)
+        g3 = grad.view(b, 1, w_joints, t, c_out).permute(0, 4, 1, 2, 3)  # as the conv3d output
+        g2 = grad.permute(0, 3, 1, 2)  # (B, C_out, W, T) channels_last, as a 1x1 conv output
+        w1 = w3[:, :, 0]  # shape (C_out, C_in, 1, 1): only its shape and dtype are read
+        grad_x = torch.empty_like(x3) if need_x else None
+        grad_mix = grad_w = grad_b = None
+        for lo, hi in _chunks(b, kw * t * c_in * x.element_size()) if need_x or need_mix or need_w else ():
+            xa = torch.bmm(mix.expand(hi - lo, kw, v), x3[lo:hi]).view(hi - lo, k, w_joints, t, c_in)
+            if need_w:
+                g_lo = g2[lo:hi]
+                part = torch.cat([_conv_grad(g_lo, xa[:, i].permute(0, 3, 1, 2), w1, 1) for i in range(k)])
+                grad_w = part if grad_w is None else grad_w.add_(part)
+            if need_x or need_mix:
+                gxa = _conv_grad(g3[lo:hi], xa.permute(0, 4, 1, 2, 3), w3, 0)
                 gxa = gxa.permute(0, 2, 3, 4, 1).reshape(hi - lo, kw, t * c_in)  # a view (channels_last_3d)
                 if need_x:
                     torch.bmm(mix.t().expand(hi - lo, v, kw), gxa, out=grad_x[lo:hi])
                 if need_mix:
                     part = torch.bmm(gxa, x3[lo:hi].transpose(1, 2)).sum(0)
                     grad_mix = part if grad_mix is None else grad_mix.add_(part)
-            grad_x = None if grad_x is None else grad_x.view(b, v, t, c_in)
+        grad_w = None if grad_w is None else grad_w.view(k * c_out, c_in)
+        grad_x = None if grad_x is None else grad_x.view(b, v, t, c_in)
         if ctx.has_bias and need_b:
             grad_b = grad.sum(2).sum(0)
         return grad_x, grad_mix, grad_w, grad_b, None
