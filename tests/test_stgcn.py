@@ -107,9 +107,10 @@ def test_portable_path_matches_nctv(rng, monkeypatch):
     _check_against_nctv(rng, layout="coco17", widths=(8, 16, 16), t=9)
 
 
-def test_cpu_backward_in_chunks(rng, monkeypatch):
-    """The GraphConv input gradient computed one sequence at a time (tiny chunk size)."""
+def test_cpu_graph_conv_in_chunks(rng, monkeypatch):
+    """The CPU GraphConv one sequence at a time, mixing again in the backward (tiny chunk size)."""
     monkeypatch.setattr(stgcn_module, "_CHUNK_BYTES", 1)
+    monkeypatch.setattr(stgcn_module, "_WHOLE_BYTES", 0)
     _check_against_nctv(rng)
 
 
@@ -122,8 +123,8 @@ def test_cpu_backward_partial_gradients(rng, frozen, input_grad):
 
 
 def test_graph_conv_cpu_backward_float32(rng):
-    """The hand-written CPU backward against autograd through the portable path, float32, with
-    widths and lengths that make several chunks and strided (non-dense) per-partition views."""
+    """The CPU GraphConv (chunked, hand-written backward) against autograd through the portable
+    path, float32, with widths and lengths that make several chunks, the last one shorter."""
     torch.manual_seed(0)
     gc = stgcn_module.GraphConv(24, 40, 3)
     x = torch.randn(5, 25, 11, 24, generator=rng, requires_grad=True)
@@ -135,6 +136,7 @@ def test_graph_conv_cpu_backward_float32(rng):
         with pytest.MonkeyPatch.context() as mp:
             mp.setattr(stgcn_module, "_cpu_fast_path", lambda x, fast=fast: fast)
             mp.setattr(stgcn_module, "_CHUNK_BYTES", 3 * 25 * 11 * 24 * 4 * 2)  # two sequences per chunk
+            mp.setattr(stgcn_module, "_WHOLE_BYTES", 0)
             out = gc(x, adjacency)
             grads = torch.autograd.grad(out, (x, adjacency, gc.weight, gc.bias), g)
             results.append((out, *grads))

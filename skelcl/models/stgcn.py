@@ -78,10 +78,14 @@ def _conv_grad(grad: Tensor, inp: Tensor, weight: Tensor, which: int) -> Tensor:
                                                (which == 0, which == 1, False))[which]
 
 
-_CHUNK_BYTES = 8 << 20  # mixed activations per chunk of sequences (K times the size of the input)
+# The mixed activations (K times the size of a block's input) are processed in chunks of sequences
+# of about _CHUNK_BYTES, unless those of the whole batch fit in _WHOLE_BYTES (then kept for backward).
+_CHUNK_BYTES, _WHOLE_BYTES = 8 << 20, 16 << 20
 
 
-def _chunks(b: int, bytes_per_sequence: int):
+def _chunks(b: int, bytes_per_sequence: int) -> list[tuple[int, int]]:
+    if b * bytes_per_sequence <= _WHOLE_BYTES:
+        return [(0, b)]
     step = max(1, _CHUNK_BYTES // max(1, bytes_per_sequence))
     return [(lo, min(b, lo + step)) for lo in range(0, b, step)]
 
@@ -93,9 +97,10 @@ class _MixProjectCPU(torch.autograd.Function):
 
     - the mixed activations ``(b, K, W, T, C_in)`` (K times the size of the input) exist only a few
       sequences (about 8 MB) at a time: mixed and projected chunk by chunk in the forward, mixed
-      again in the backward instead of being saved. This saves about a third of the encoder's
-      activation memory, keeps those buffers in cache and reused, and avoids the 61-64 MB
-      allocations that glibc maps and the kernel page-faults afresh every step;
+      again in the backward instead of being saved (unless they take at most 16 MB in all). At
+      width 64 this saves about a third of the encoder's activation memory, keeps those buffers
+      in cache and reused, and avoids the 61-64 MB allocations that glibc maps and the kernel
+      page-faults afresh every step;
     - weight gradient: K 1x1-conv weight gradients, one per partition (oneDNN is about 1.2-1.4x
       faster at this than the depth-K conv3d weight gradient);
     - bias gradient: sum over T, then over B (about 2x faster than autograd's single ``sum`` over
@@ -110,20 +115,22 @@ class _MixProjectCPU(torch.autograd.Function):
         w_joints = kw // k
         x3 = x.view(b, v, t * c_in)
         w3 = weight.view(k, c_out, c_in).permute(1, 2, 0).reshape(c_out, c_in, k, 1, 1)
+        chunks = _chunks(b, kw * t * c_in * x.element_size())
         outs = []
-        for lo, hi in _chunks(b, kw * t * c_in * x.element_size()):
+        for lo, hi in chunks:
             xa = torch.bmm(mix.expand(hi - lo, kw, v), x3[lo:hi])  # (b, K, W, T, C_in) in memory
             outs.append(F.conv3d(xa.view(hi - lo, k, w_joints, t, c_in).permute(0, 4, 1, 2, 3), w3))
         out = outs[0] if len(outs) == 1 else torch.cat(outs)  # (B, C_out, 1, W, T) channels_last_3d
         if bias is not None:
             out.add_(bias.t().reshape(c_out, 1, w_joints, 1))  # in place on the conv output, not a view
-        ctx.save_for_backward(x, mix, w3)
+        # Small enough for one chunk: keep the mixed activations rather than mixing again.
+        ctx.save_for_backward(x, mix, w3, xa if len(chunks) == 1 else None)
         ctx.k, ctx.has_bias = k, bias is not None
         return out.permute(0, 2, 3, 4, 1).view(b, w_joints, t, c_out)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        x, mix, w3 = ctx.saved_tensors
+        x, mix, w3, saved_xa = ctx.saved_tensors
         need_x, need_mix, need_w, need_b = ctx.needs_input_grad[:4]
         k = ctx.k
         b, v, t, c_in = x.shape
@@ -137,7 +144,8 @@ class _MixProjectCPU(torch.autograd.Function):
         grad_x = torch.empty_like(x3) if need_x else None
         grad_mix = grad_w = grad_b = None
         for lo, hi in _chunks(b, kw * t * c_in * x.element_size()) if need_x or need_mix or need_w else ():
-            xa = torch.bmm(mix.expand(hi - lo, kw, v), x3[lo:hi]).view(hi - lo, k, w_joints, t, c_in)
+            xa = saved_xa if saved_xa is not None else torch.bmm(mix.expand(hi - lo, kw, v), x3[lo:hi])
+            xa = xa.view(hi - lo, k, w_joints, t, c_in)
             if need_w:
                 g_lo = g2[lo:hi]
                 part = torch.cat([_conv_grad(g_lo, xa[:, i].permute(0, 3, 1, 2), w1, 1) for i in range(k)])
