@@ -36,9 +36,11 @@ NAIVE_BYTES_PER_LOGIT = {"float32": 12.1, "bfloat16": 10.1}
 
 
 def _root_on_path():
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    if root not in sys.path:
-        sys.path.insert(0, root)
+    """The repository root (for skelcl) and bench/ (for _timing) on sys.path."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    for path in (os.path.dirname(here), here):
+        if path not in sys.path:
+            sys.path.insert(0, path)
 
 
 ECHO = False  # the command line prints each row as soon as it is measured (a killed run keeps them)
@@ -118,25 +120,13 @@ BWD_TILES = [(64, 128, 4, 2), (128, 128, 8, 2), (64, 64, 4, 3), (64, 128, 4, 3),
 SWEEP_2N = 65536
 
 
-def _event_ms(fn, repeats):
-    import torch
-
-    fn()  # compiles
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
-
-
 def _tile_sweep(torch, quick: bool) -> list[dict]:
     """Time each candidate tile config of the forward and the backward kernel; install the winners."""
+    from _timing import cuda_step_ms_and_peak
     from skelcl.kernels import ntxent as kernels
+
+    def event_ms(fn):  # one warm-up call (compiles), then 5 calls each timed on its own
+        return cuda_step_ms_and_peak(fn, warmup=1, repeats=5)[0]
 
     rows, n = [], SWEEP_2N // 2
     suite, case = "ntxent-tiles", f"2N={SWEEP_2N} D={DIM} bf16 operands"
@@ -161,7 +151,7 @@ def _tile_sweep(torch, quick: bool) -> list[dict]:
                     fn = lambda c=cfg: kernels.ntxent_forward(zh, zh, n, 0, n, 0.1, True, config=c,
                                                               normalized=True)
                     diff = (fn()[0] - lse2).abs().max().item() / lse2.abs().max().item()
-                ms = _event_ms(fn, 5)
+                ms = event_ms(fn)
                 ok = diff < 1e-2
                 rows.append(_row(suite, case, name, ms=ms, note=f"max rel. diff vs default {diff:.1e}"
                                  + ("" if ok else " (rejected)")))
@@ -183,7 +173,7 @@ def _tile_sweep(torch, quick: bool) -> list[dict]:
     for name, fn in variants:
         try:
             rows.append(_row(suite, case, f"{name} {BWD_TILES[0] if 'bwd' in name else FWD_TILES[0]}",
-                             ms=_event_ms(fn, 5), note="A/B against the first row of its kind"))
+                             ms=event_ms(fn), note="A/B against the first row of its kind"))
         except Exception as e:  # noqa: BLE001
             rows.append(_row(suite, case, name, note=f"error: {type(e).__name__}: {e}"[:300]))
     for backward, (cfg, ms) in best.items():
