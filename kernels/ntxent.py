@@ -70,9 +70,21 @@ def _global_rows(rows, n_local, offset, n_total):
 
 
 @triton.jit
-def _tile_needs_mask(start, m_total, g_lo, g_hi, BLOCK_N: tl.constexpr):
-    """A key tile holds a masked entry only if it is ragged or overlaps the rows' own global indices."""
-    return (start + BLOCK_N > m_total) | ((start <= g_hi) & (start + BLOCK_N > g_lo))
+def _key_tile(K, start, m_total, stride_k, dcols, d_ok, BLOCK_N: tl.constexpr):
+    """Key rows [start, start + BLOCK_N): (their indices, which exist, the (BLOCK_N, BLOCK_D) tile)."""
+    cols = start + tl.arange(0, BLOCK_N)
+    col_ok = cols < m_total
+    k = tl.load(K + cols[:, None] * stride_k + dcols[None, :], mask=col_ok[:, None] & d_ok, other=0.0)
+    return cols, col_ok, k
+
+
+@triton.jit
+def _mask_own_and_ragged(x, fill, start, cols, col_ok, grow, m_total, g_lo, g_hi, BLOCK_N: tl.constexpr):
+    """``x`` with ``fill`` at each row's own key and at missing keys. Only a tile that is ragged or
+    overlaps the rows' own global indices [g_lo, g_hi] holds such entries; other tiles skip the select."""
+    if (start + BLOCK_N > m_total) | ((start <= g_hi) & (start + BLOCK_N > g_lo)):
+        x = tl.where(col_ok[None, :] & (cols[None, :] != grow[:, None]), x, fill)
+    return x
 
 
 @triton.jit
@@ -102,12 +114,9 @@ def _fwd_kernel(Q, K, LSE2, LOSS, n_local, offset, n_total, D, stride_q, stride_
         # With m = pos2 (the usual case) the loss term log2(l) keeps full precision as it nears 0.
         m_ref = tl.maximum(pos2, scale2 - 60.0)
         for start in range(0, m_total, BLOCK_N):
-            cols = start + tl.arange(0, BLOCK_N)
-            col_ok = cols < m_total
-            k = tl.load(K + cols[:, None] * stride_k + dcols[None, :], mask=col_ok[:, None] & d_ok, other=0.0)
+            cols, col_ok, k = _key_tile(K, start, m_total, stride_k, dcols, d_ok, BLOCK_N)
             t = _mm(q, tl.trans(k), None, PRECISION, UPCAST) * scale2 - m_ref[:, None]
-            if _tile_needs_mask(start, m_total, g_lo, g_hi, BLOCK_N):
-                t = tl.where(col_ok[None, :] & (cols[None, :] != grow[:, None]), t, float("-inf"))
+            t = _mask_own_and_ragged(t, float("-inf"), start, cols, col_ok, grow, m_total, g_lo, g_hi, BLOCK_N)
             l_i += tl.sum(tl.exp2(t), axis=1)
         log_l = tl.log2(l_i)
         lse2 = m_ref + log_l
@@ -116,12 +125,9 @@ def _fwd_kernel(Q, K, LSE2, LOSS, n_local, offset, n_total, D, stride_q, stride_
         # A finite start for the running max: a tile where a row sees only masked keys then adds 0.
         m_i = tl.full([BLOCK_M], -1.0e30, tl.float32)
         for start in range(0, m_total, BLOCK_N):
-            cols = start + tl.arange(0, BLOCK_N)
-            col_ok = cols < m_total
-            k = tl.load(K + cols[:, None] * stride_k + dcols[None, :], mask=col_ok[:, None] & d_ok, other=0.0)
+            cols, col_ok, k = _key_tile(K, start, m_total, stride_k, dcols, d_ok, BLOCK_N)
             t = _mm(q, tl.trans(k), None, PRECISION, UPCAST) * scale2
-            if _tile_needs_mask(start, m_total, g_lo, g_hi, BLOCK_N):
-                t = tl.where(col_ok[None, :] & (cols[None, :] != grow[:, None]), t, float("-inf"))
+            t = _mask_own_and_ragged(t, float("-inf"), start, cols, col_ok, grow, m_total, g_lo, g_hi, BLOCK_N)
             m_new = tl.maximum(m_i, tl.max(t, axis=1))
             l_i = l_i * tl.exp2(m_i - m_new) + tl.sum(tl.exp2(t - m_new[:, None]), axis=1)
             m_i = m_new
@@ -175,15 +181,12 @@ def _bwd_kernel(Q, K, LSE2_ALL, Z1, Z2, INV, GOUT, DZ, n_local, offset, n_total,
 
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     for start in range(0, m_total, BLOCK_N):
-        cols = start + tl.arange(0, BLOCK_N)
-        col_ok = cols < m_total
-        k = tl.load(K + cols[:, None] * stride_k + dcols[None, :], mask=col_ok[:, None] & d_ok, other=0.0)
+        cols, col_ok, k = _key_tile(K, start, m_total, stride_k, dcols, d_ok, BLOCK_N)
         lse_c = tl.load(LSE2_ALL + cols, mask=col_ok, other=0.0)
         t = _mm(q, tl.trans(k), None, PRECISION, UPCAST) * scale2
         # p_jk + p_kj: the row's own softmax plus the key row's softmax at this anchor.
         w = _softmax_pair_weights(t, lse_r, lse_c, r_lo, r_hi, r_scale, col_ok, shortcut_limit)
-        if _tile_needs_mask(start, m_total, g_lo, g_hi, BLOCK_N):
-            w = tl.where(col_ok[None, :] & (cols[None, :] != grow[:, None]), w, 0.0)
+        w = _mask_own_and_ragged(w, 0.0, start, cols, col_ok, grow, m_total, g_lo, g_hi, BLOCK_N)
         acc = _mm(w.to(k.dtype), k, acc, PRECISION, UPCAST)
 
     gpos = tl.where(grow < n_total, grow + n_total, grow - n_total)
