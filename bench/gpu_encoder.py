@@ -4,8 +4,9 @@
 ``python bench/gpu_encoder.py OUT_DIR`` which also writes ``OUT_DIR/encoder.json``.
 
 Cases: widths 64 and 16 (original and SkeletonCLR size), N=128, T=64, M=2, NTU-25 joints, bf16
-autocast, one SGD train step (forward, backward, update). The reference is the NCTV ST-GCN kept in
-tests/nctv_stgcn.py, measured in the same run; DESIGN section 5 has its H200 figures (54 ms
+autocast, one SGD train step (forward, backward, update), run eagerly and replayed from a CUDA
+graph ("skelcl-graph": one launch per step instead of one per kernel). The reference is the NCTV
+ST-GCN kept in tests/nctv_stgcn.py, measured in the same run; DESIGN section 5 has its H200 figures (54 ms
 width 64, 21.6 ms width 16 with AMP + channels_last). torch.compile is measured at width 16, then
 at width 64 while the time budget lasts (a compile costs tens of seconds; its time is in the note).
 Whole run: about 1 s per eager case plus the compiles, under 150 s on an H100/H200.
@@ -50,7 +51,8 @@ def make_model(impl: str, width: int, device, channels_last_ref: bool = False) -
     return model
 
 
-def make_step(model: torch.nn.Module, n: int, t: int, device, amp_dtype=torch.bfloat16, compile_model=False):
+def make_step(model: torch.nn.Module, n: int, t: int, device, amp_dtype=torch.bfloat16, compile_model=False,
+              cast_cache=True):
     """A closure running one train step on a fixed random batch (N, 3, T, 25, 2)."""
     x = torch.randn(n, 3, t, 25, 2, device=device)
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
@@ -59,10 +61,34 @@ def make_step(model: torch.nn.Module, n: int, t: int, device, amp_dtype=torch.bf
 
     def step():
         opt.zero_grad(set_to_none=True)
-        with torch.autocast(device_type, dtype=amp_dtype, enabled=amp_dtype is not None):
+        with torch.autocast(device_type, dtype=amp_dtype, enabled=amp_dtype is not None,
+                            cache_enabled=cast_cache):
             loss = fwd(x).float().square().mean()
         loss.backward()
         opt.step()
+        return loss
+
+    return step
+
+
+def make_graphed_step(model: torch.nn.Module, n: int, t: int, device, amp_dtype=torch.bfloat16, warmup=3):
+    """``make_step``'s whole step (forward, backward, SGD update) recorded once in a CUDA graph; each
+    call replays it with one launch, so the host no longer enqueues every kernel. The warm-up runs on
+    a side stream first (cuDNN autotuning, Triton compiles, momentum buffers). Autocast's weight-cast
+    cache is off, as CUDA graph capture under autocast requires."""
+    eager = make_step(model, n, t, device, amp_dtype, cast_cache=False)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(warmup):
+            eager()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        loss = eager()
+
+    def step():
+        graph.replay()
         return loss
 
     return step
@@ -114,6 +140,9 @@ def run(out_dir: str, quick: bool = False) -> list[dict]:
         rows.append(ref)
         rows.append(_measure(case, "skelcl-eager", builder("skelcl", width), warmup, repeats, n, ref["ms"]))
         if not quick:
+            graphed = lambda w=width: make_graphed_step(make_model("skelcl", w, dev), n, t, dev)  # noqa: E731
+            rows.append(_measure(case, "skelcl-graph", graphed, warmup, repeats, n, ref["ms"],
+                                 " (first call = warm-up + capture)"))
             rows.append(_measure(case, "skelcl-eager-fp32", builder("skelcl", width, amp_dtype=None), warmup,
                                  repeats, n, None, "; fp32 (torch default TF32 settings), no reference row"))
     for width in (16, 64):  # compiled: width 16 first; width 64 only while the budget lasts
