@@ -199,7 +199,9 @@ def _parse_joint_lines(lines: list[bytes], starts: list[int], path: str) -> np.n
     for s in starts:
         block.extend(lines[s : s + NUM_JOINTS])
     values = _to_floats(b" ".join(block))
-    if values is None or values.size != n * NUM_JOINTS * _JOINT_FIELDS or not np.isfinite(values).all():
+    # the total alone would let a 13-field line and an 11-field line cancel out: count every line too
+    if (values is None or values.size != n * NUM_JOINTS * _JOINT_FIELDS or not np.isfinite(values).all()
+            or any(len(line.split()) != _JOINT_FIELDS for line in block)):
         _locate_bad_joint_line(lines, starts, path)  # raises with the line number
     return values.reshape(n, NUM_JOINTS, _JOINT_FIELDS)
 
