@@ -39,8 +39,12 @@ class SkeletonArrays:
         n = self.x.shape[0]
         if self.y.shape != (n,):
             raise ValueError(f"y must be ({n},) to match x, got shape {self.y.shape}")
+        if n and self.y.min() < 0:
+            raise ValueError(f"labels must be 0-based class indices, found {int(self.y.min())}")
         if self.num_classes is None:
             self.num_classes = int(self.y.max()) + 1 if n else 0
+        elif n and self.y.max() >= self.num_classes:
+            raise ValueError(f"label {int(self.y.max())} is out of range for num_classes={self.num_classes}")
         for f in ("name", "subject", "view", "setup", "length"):
             value = getattr(self, f)
             if value is not None and len(value) != n:

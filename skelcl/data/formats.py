@@ -33,7 +33,7 @@ import pickle
 import numpy as np
 
 from .dataset import SkeletonArrays
-from .splits import ntu_splits, parse_ntu_names
+from .splits import BENCHMARKS, ntu_split, ntu_splits, parse_ntu_names
 
 __all__ = ["LAYOUT_BY_JOINTS", "load_dataset", "save_npz", "infer_lengths", "infer_layout"]
 
@@ -121,10 +121,13 @@ def _load_prepared(path: str, layout: str | None) -> SkeletonArrays:
     except (OSError, ValueError) as e:
         raise ValueError(f"prepared dataset {path!r} is incomplete or unreadable: {e}") from e
     subject, view, setup = _ntu_fields(names)
+    splits = _with_name_splits({}, names)
+    if meta.get("benchmark") in BENCHMARKS and len(names):
+        # the benchmark asked for, even when the files happen to be NTU-60 ones only (xset120 of S001-S017)
+        splits.setdefault(meta["benchmark"], ntu_split(names, meta["benchmark"]))
     return SkeletonArrays(
         x=x, y=y, layout=layout or meta.get("layout", "ntu25"), num_classes=meta.get("num_classes"),
-        name=names, subject=subject, view=view, setup=setup, length=length,
-        splits=_with_name_splits({}, names),
+        name=names, subject=subject, view=view, setup=setup, length=length, splits=splits,
     )
 
 
@@ -167,9 +170,10 @@ def _load_stgcn(path: str, layout: str | None) -> SkeletonArrays:
         x = np.load(data, mmap_mode="r")
         if x.ndim != 5 or x.shape[1] != 3:
             raise ValueError(f"ST-GCN data {data!r}: expected (N, 3, T, V, M), got shape {x.shape}")
+        if x.dtype != np.float32:  # the API promises float32; only a non-float32 file is read into memory
+            x = np.asarray(x, dtype=np.float32)
         try:
-            with open(label, "rb") as f:
-                sample_names, labels = pickle.load(f)
+            sample_names, labels = _load_label_pickle(label)
         except Exception as e:  # a pickle can fail in many ways; all mean the same to the user
             problem = f"expected a pickled (names, labels) pair ({e})"
             raise ValueError(f"ST-GCN label file {label!r}: {problem}") from e
@@ -189,6 +193,15 @@ def _load_stgcn(path: str, layout: str | None) -> SkeletonArrays:
         subject=subject, view=view, setup=setup, length=infer_lengths(x),
         splits=_with_name_splits({"given": np.concatenate(train)}, names),
     )
+
+
+def _load_label_pickle(path: str):
+    with open(path, "rb") as f:
+        try:
+            return pickle.load(f)
+        except UnicodeDecodeError:  # written by Python 2 (NumPy arrays inside): what its feeders retry with
+            f.seek(0)
+            return pickle.load(f, encoding="latin1")
 
 
 def _load_npz(path: str, layout: str | None) -> SkeletonArrays:
@@ -247,7 +260,12 @@ def _load_ctrgcn(z, path: str, layout: str | None) -> SkeletonArrays:
         v = x.shape[2] // 6
         # (N, T, M*V*C) with M outermost and C innermost -> (N, C, T, V, M)
         xs.append(x.reshape(n, t, 2, v, 3).transpose(0, 4, 1, 3, 2).astype(np.float32))
+        if f"y_{part}" not in z.files:
+            raise ValueError(f"CTR-GCN npz {path!r}: has x_{part} but no y_{part}")
         y = z[f"y_{part}"]
+        if len(y) != n or y.ndim not in (1, 2):
+            raise ValueError(f"CTR-GCN npz {path!r}: y_{part} must be ({n},) labels or ({n}, classes) "
+                             f"one-hot, got shape {y.shape}")
         ys.append(y.argmax(axis=1) if y.ndim == 2 else y.astype(np.int64))
         train.append(np.full(n, is_train))
     x = np.ascontiguousarray(np.concatenate(xs))
@@ -272,6 +290,10 @@ def _load_pyskl(path: str, layout: str | None) -> SkeletonArrays:
         raise ValueError(f"pyskl file {path!r}: 'annotations' is empty")
     kps = []
     for i, a in enumerate(ann):
+        missing = [k for k in ("keypoint", "label") if not isinstance(a, dict) or k not in a]
+        if missing:
+            keys = " or ".join(map(repr, missing))
+            raise ValueError(f"pyskl file {path!r}: annotations[{i}] has no {keys}")
         kp = np.asarray(a["keypoint"], dtype=np.float32)
         if kp.ndim != 4 or kp.shape[3] not in (2, 3):
             raise ValueError(f"pyskl file {path!r}: annotations[{i}]['keypoint'] must be (M, T, V, 2|3), "
