@@ -378,7 +378,7 @@ def test_pyskl_exact_placement_and_bad_annotations(tmp_path):
     for m_, t, v, c in np.ndindex(kp.shape):
         kp[m_, t, v, c] = 1000 * m_ + 100 * t + v + 0.25 * c + 1
     ann = [{"frame_dir": "S001C002P001R001A001", "label": 0, "keypoint": kp, "total_frames": 4},
-           {"frame_dir": "S001C001P003R001A002", "label": 1, "keypoint": kp[:1, :2], "total_frames": 2}]
+           {"frame_dir": "S001C001P003R001A002", "label": 1, "keypoint": kp[:1, :2], "total_frames": 3}]
     obj = {"split": {"xview_train": ["S001C002P001R001A001"], "xview_val": ["S001C001P003R001A002"]},
            "annotations": ann}
     with open(tmp_path / "ntu.pkl", "wb") as f:
@@ -387,7 +387,7 @@ def test_pyskl_exact_placement_and_bad_annotations(tmp_path):
     assert d.x.shape == (2, 3, 4, 25, 2) and d.x.dtype == np.float32
     assert d.x[0, 2, 3, 24, 1] == 1000 + 300 + 24 + 0.5 + 1  # (M, T, V, C) -> (C, T, V, M)
     assert d.x[1, 0, 1, 0, 0] == 101 and (d.x[1, :, 2:] == 0).all() and (d.x[1, ..., 1] == 0).all()
-    assert d.length.tolist() == [4, 2] and d.y.tolist() == [0, 1]
+    assert d.length.tolist() == [4, 2] and d.y.tolist() == [0, 1]  # total_frames 3 > the 2 frames held
     assert d.splits["xview"].tolist() == [True, False] and d.splits["xview60"].tolist() == [True, False]
     assert d.splits["xsub60"].tolist() == [True, False]
     del ann[1]["keypoint"]

@@ -308,7 +308,9 @@ def _load_pyskl(path: str, layout: str | None) -> SkeletonArrays:
         kp = kp[:2]
         x[i, : kp.shape[3], : kp.shape[1], :, : kp.shape[0]] = kp.transpose(3, 1, 2, 0)
     names = np.asarray([str(a.get("frame_dir", i)) for i, a in enumerate(ann)])
-    lengths = np.asarray([int(a.get("total_frames", kp.shape[1])) for a, kp in zip(ann, kps)], dtype=np.int64)
+    # total_frames, but never past the frames the sample's keypoints hold (the rest is padding)
+    held = [kp.shape[1] for kp in kps]
+    lengths = np.asarray([min(int(a.get("total_frames", t)), t) for a, t in zip(ann, held)], dtype=np.int64)
     splits = {}
     for key, members in (obj.get("split") or {}).items():
         if key.endswith("_train"):
@@ -316,7 +318,7 @@ def _load_pyskl(path: str, layout: str | None) -> SkeletonArrays:
     subject, view, setup = _ntu_fields(names)
     return SkeletonArrays(
         x=x, y=np.asarray([a["label"] for a in ann], dtype=np.int64), layout=infer_layout(v, layout, path),
-        name=names, subject=subject, view=view, setup=setup, length=np.minimum(lengths, t_max),
+        name=names, subject=subject, view=view, setup=setup, length=lengths,
         splits=_with_name_splits(splits, names),
     )
 
