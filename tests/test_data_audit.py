@@ -404,3 +404,18 @@ def test_labels_must_be_0_based_and_in_range():
     with pytest.raises(ValueError, match="num_classes=60"):
         SkeletonArrays(x=x, y=np.array([0, 60]), num_classes=60)
     assert SkeletonArrays(x=x, y=np.array([0, 59]), num_classes=60).num_classes == 60
+
+
+def test_rerun_picks_up_a_repaired_file(tmp_path):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    (raw / "S001C001P001R001A002.skeleton").write_text(_raw_text(13, ONE_BODY))
+    bad = raw / "S001C001P001R001A001.skeleton"
+    bad.write_text("13\r\n1\r\n")
+    s = prepare_ntu(raw, tmp_path / "out", "xsub60", progress=False)
+    assert s.num_samples == 1 and len(s.skipped) == 1
+    bad.write_text(_raw_text(13, ONE_BODY))
+    s = prepare_ntu(raw, tmp_path / "out", "xsub60", progress=False)
+    assert s.num_samples == 2 and s.skipped == []
+    names = load_dataset(str(tmp_path / "out")).name.tolist()
+    assert names == ["S001C001P001R001A001", "S001C001P001R001A002"]

@@ -203,8 +203,10 @@ def prepare_ntu(raw_dir, out_dir, benchmark: str, *, workers: int = 1, max_frame
     jobs, part_files = [], []
     for k in range(0, len(paths), CHUNK):
         chunk = paths[k : k + CHUNK]
-        # the name hashes the chunk's file list, so a changed --raw never reuses a stale part
-        digest = hashlib.sha1("\n".join(chunk).encode()).hexdigest()[:16]
+        # the name hashes the chunk's files with their sizes and modification times, so a changed
+        # --raw, or a file repaired or replaced since the last run, never reuses a stale part
+        stamps = [f"{p} {st.st_size} {st.st_mtime_ns}" for p, st in zip(chunk, map(os.stat, chunk))]
+        digest = hashlib.sha1("\n".join(stamps).encode()).hexdigest()[:16]
         part = os.path.join(parts_dir, f"part_{k // CHUNK:05d}_{digest}_{max_frames}.npz")
         part_files.append(part)
         if not os.path.exists(part):
