@@ -240,3 +240,25 @@ def test_distance_only_holds_angles_at_zero():
     assert (angles == 0).all()
     assert (shift[:, :2] == 0).all()  # the camera axis with no rotation is z
     assert set((shift[:, 2] / 0.5).round().long().tolist()) == {0, 1, 2, 3, 4, 5}
+
+
+@pytest.mark.parametrize("backend", ["torch", "cpu"])
+def test_input_gradient_matches_finite_differences(backend):
+    """The centre is a function of x too: d(view)/dx includes minus the centre joint's share."""
+    gen = torch.Generator().manual_seed(21)
+    x = make_x(gen, n=4, t=5, v=3, m=2)
+    angles = torch.randn(4, 3, generator=gen, dtype=torch.float64)
+    shift = torch.randn(4, 3, generator=gen, dtype=torch.float64)
+    weight = torch.randn(x.shape, generator=gen, dtype=torch.float64)
+    xg = x.clone().requires_grad_()
+    (view_augment(xg, angles, shift, backend=backend) * weight).sum().backward()
+    xn, an, sn, wn = x.numpy(), angles.numpy(), shift.numpy(), weight.numpy()
+    present = (x != 0).any(dim=3, keepdim=True).any(dim=1, keepdim=True).expand_as(x)
+    h = 1e-6
+    for idx in zip(*np.nonzero(present.numpy())):
+        plus, minus = xn.copy(), xn.copy()
+        plus[idx] += h
+        minus[idx] -= h
+        fd = ((np_view(plus, an, sn) - np_view(minus, an, sn)) * wn).sum() / (2 * h)
+        assert abs(float(xg.grad[idx]) - fd) < 1e-6, (idx, float(xg.grad[idx]), fd)
+    assert (xg.grad[~present] == 0).all()
