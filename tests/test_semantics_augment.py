@@ -262,3 +262,20 @@ def test_input_gradient_matches_finite_differences(backend):
         fd = ((np_view(plus, an, sn) - np_view(minus, an, sn)) * wn).sum() / (2 * h)
         assert abs(float(xg.grad[idx]) - fd) < 1e-6, (idx, float(xg.grad[idx]), fd)
     assert (xg.grad[~present] == 0).all()
+
+
+def test_reference_functions_directly():
+    from skelcl import reference
+
+    gen = torch.Generator().manual_seed(31)
+    angles = (torch.rand(7, 3, generator=gen, dtype=torch.float64) - 0.5) * 8
+    want = torch.stack([torch.from_numpy(np_rotation(*a.tolist())) for a in angles])
+    torch.testing.assert_close(reference.rotation_matrix(angles), want, rtol=0, atol=1e-14)
+    x = make_x(gen)
+    centre = reference.body_center(x, 1)
+    torch.testing.assert_close(centre[1], x[1, :, 3, 1, 0])  # person 0 first present at frame 3
+    torch.testing.assert_close(centre[0], x[0, :, 0, 1, 0])
+    shift = torch.randn(4, 3, generator=gen, dtype=torch.float64)
+    torch.testing.assert_close(reference.view_transform(x, angles[:4], shift),
+                               torch.from_numpy(np_view(x.numpy(), angles[:4].numpy(), shift.numpy())),
+                               rtol=0, atol=1e-12)

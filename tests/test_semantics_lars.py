@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from skelcl.optim import LARS, warmup_cosine
+from skelcl.reference import LARSReference
 
 
 class PlainLARS:
@@ -70,8 +71,11 @@ def _run(config, steps=20, lr=0.2, seed=0, fused=True):
     torch.manual_seed(seed)
     net = Net().double()
     twin = copy.deepcopy(net)
-    ours = LARS(net.parameters(), lr=lr, **config)
-    ours._fused_cpu = fused  # False: the torch._foreach path (the one CUDA takes)
+    if fused == "reference":
+        ours = LARSReference(net.parameters(), lr=lr, **config)
+    else:
+        ours = LARS(net.parameters(), lr=lr, **config)
+        ours._fused_cpu = fused  # False: the torch._foreach path (the one CUDA takes)
     plain = PlainLARS(twin.parameters(), lr=lr, **config)
     gen = torch.Generator().manual_seed(seed + 1)
     for step in range(steps):
@@ -100,7 +104,7 @@ CONFIGS = {
 }
 
 
-@pytest.mark.parametrize("fused", [True, False], ids=["fused", "foreach"])
+@pytest.mark.parametrize("fused", [True, False, "reference"], ids=["fused", "foreach", "reference"])
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_matches_plain_loop_float64(name, fused):
     _run(CONFIGS[name], fused=fused)

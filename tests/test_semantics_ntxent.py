@@ -129,3 +129,12 @@ def test_triton_matches_numpy(triton_device):
     scale = max(np.abs(g1).max(), np.abs(g2).max())
     np.testing.assert_allclose(a.grad.cpu().double().numpy(), g1, rtol=0, atol=1e-4 * scale)
     np.testing.assert_allclose(b.grad.cpu().double().numpy(), g2, rtol=0, atol=1e-4 * scale)
+
+
+def test_reference_function_directly():
+    from skelcl import reference
+
+    rng = np.random.default_rng(9)
+    z1, z2 = rng.normal(size=(4, 3)), rng.normal(size=(4, 3))
+    got = reference.ntxent_loss(torch.from_numpy(z1), torch.from_numpy(z2), 0.25).item()
+    assert abs(got - np_ntxent(z1, z2, 0.25)) < 1e-12
