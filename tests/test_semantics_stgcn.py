@@ -260,7 +260,7 @@ def test_train_mode_outputs_gradients_and_running_stats_match_original(widths, d
     orig.to(dtype).train()
     ours.to(dtype).train()
     rtol = 1e-8 if dtype == torch.float64 else 2e-4
-    x = make_input(gen, t=t).to(dtype)
+    x = make_input(gen, n=2 if widths == FULL else 3, t=t).to(dtype)
     xo = x.clone().requires_grad_()
     xs = x.clone().requires_grad_()
     want = orig(xo)
@@ -310,3 +310,30 @@ def test_features_are_pooled_before_the_head():
         logits = orig(x)
     torch.testing.assert_close(F.linear(h, orig.fcn.weight.flatten(1), orig.fcn.bias), logits,
                                rtol=1e-9, atol=1e-9 * float(logits.abs().max()))
+
+
+def test_skeletonclr_style_checkpoint():
+    """MoCo checkpoints hold encoder_q. and encoder_k. copies, a queue, and an MLP or Linear ``fc`` head."""
+    gen = torch.Generator().manual_seed(12)
+    orig, _ = build_pair(gen, QUARTER)
+    body = {k: v for k, v in orig.state_dict().items() if not k.startswith("fcn.")}
+    mlp_head = {"fc.0.weight": torch.randn(64, 64), "fc.0.bias": torch.randn(64),
+                "fc.2.weight": torch.randn(128, 64), "fc.2.bias": torch.randn(128)}
+    ckpt = {"queue": torch.randn(128, 32), "queue_ptr": torch.zeros(1)}
+    for prefix in ("encoder_q.", "encoder_k."):
+        ckpt.update({prefix + k: v for k, v in {**body, **mlp_head}.items()})
+    with pytest.raises(ValueError, match="prefix"):
+        convert_stgcn_state_dict(ckpt)  # two encoders: which one is ambiguous
+    with pytest.raises(ValueError, match="strict"):
+        convert_stgcn_state_dict(ckpt, prefix="encoder_q.")  # the MLP head is not ST-GCN
+    enc = STGCN(widths=QUARTER).double()
+    enc.load_state_dict(convert_stgcn_state_dict(ckpt, prefix="encoder_q.", strict=False))
+    # A Linear ``fc`` head (SkeletonCLR's linear-evaluation model) becomes the Linear head.
+    linear = {**body, "fc.weight": torch.randn(60, 64, dtype=torch.float64),
+              "fc.bias": torch.randn(60, dtype=torch.float64)}
+    clf = STGCN(widths=QUARTER, num_classes=60).double()
+    clf.load_state_dict(convert_stgcn_state_dict(linear))
+    x = make_input(gen)
+    with torch.no_grad():
+        want = F.linear(enc.eval()(x), linear["fc.weight"], linear["fc.bias"])
+        torch.testing.assert_close(clf.eval()(x), want)
