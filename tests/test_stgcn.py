@@ -268,3 +268,55 @@ def test_torch_compile_matches_eager(rng):
     torch.testing.assert_close(out, expect, rtol=1e-4, atol=1e-5)
     out.sum().backward()
     assert all(p.grad is not None for p in model.parameters())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("support_given", [True, False])
+def test_graph_conv_sparse_mixing_matches_portable_path(rng, dtype, support_given):
+    """The CPU GraphConv mixes joints with the sparse kernel (csrc/graph_mix.cpp) when the support
+    of the adjacency is known (or the adjacency needs no gradient). Edge-importance entries that are
+    exactly zero keep their gradient: the support, not the current values, decides the pattern."""
+    if not stgcn_module._graph_mix_available():
+        pytest.skip("the C++ extension could not be built")
+    torch.manual_seed(0)
+    gc = stgcn_module.GraphConv(24, 40, 3).to(dtype)
+    partitions = get_layout("ntu25").adjacency_partitions().to(dtype)
+    importance = 0.5 + torch.rand(3, 25, 25, generator=rng, dtype=dtype)
+    importance[0, 3, 3] = importance[1, 1, 20] = importance[2, 20, 1] = 0.0  # on edges of the graph
+    importance.requires_grad_(support_given)
+    x = torch.randn(5, 25, 11, 24, generator=rng, dtype=dtype, requires_grad=True)
+    g = torch.randn(5, 25, 11, 40, generator=rng, dtype=dtype)
+    results = []
+    for fast in (True, False):
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(stgcn_module, "_cpu_fast_path", lambda x, fast=fast: fast)
+            mp.setattr(stgcn_module, "_CHUNK_BYTES", 3 * 25 * 11 * 24 * 8 * 2)  # several chunks
+            mp.setattr(stgcn_module, "_WHOLE_BYTES", 0)
+            out = gc(x, partitions * importance, partitions if support_given else None)
+            inputs = (x, gc.weight, gc.bias) + ((importance,) if support_given else ())
+            results.append((out, *torch.autograd.grad(out, inputs, g)))
+    tol = dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-10)
+    for fast_t, plain_t in zip(*results):
+        torch.testing.assert_close(fast_t, plain_t, **tol)
+    if support_given:  # the zeroed importances still get (non-zero) gradients
+        grad_importance = results[0][-1]
+        assert grad_importance[0, 3, 3] != 0 and grad_importance[1, 1, 20] != 0
+        assert (grad_importance[partitions == 0] == 0).all()
+
+
+def test_graph_mix_kernel_checks_its_arguments():
+    if not stgcn_module._graph_mix_available():
+        pytest.skip("the C++ extension could not be built")
+    x = torch.randn(2, 4, 6)
+    out = torch.empty(2, 3, 6)
+    rowptr, col, val = torch.tensor([0, 1, 1, 2]), torch.tensor([0, 3]), torch.ones(2)
+    torch.ops.skelcl.graph_mix_(out, x, rowptr, col, val)
+    torch.testing.assert_close(out, torch.stack([x[:, 0], torch.zeros(2, 6), x[:, 3]], 1))
+    with pytest.raises(RuntimeError, match="outside"):
+        torch.ops.skelcl.graph_mix_(out, x, rowptr, torch.tensor([0, 4]), val)
+    with pytest.raises(RuntimeError, match="rowptr"):
+        torch.ops.skelcl.graph_mix_(out, x, torch.tensor([0, 2, 1, 2]), col, val)
+    with pytest.raises(RuntimeError, match="dtype"):
+        torch.ops.skelcl.graph_mix_(out, x, rowptr, col, val.double())
+    with pytest.raises(RuntimeError, match="contiguous"):
+        torch.ops.skelcl.graph_mix_(out, x.transpose(1, 2).contiguous().transpose(1, 2), rowptr, col, val)

@@ -90,6 +90,76 @@ def _chunks(b: int, bytes_per_sequence: int) -> list[tuple[int, int]]:
     return [(lo, min(b, lo + step)) for lo in range(0, b, step)]
 
 
+_GRAPH_MIX: list = []  # [True/False] once the build of csrc/graph_mix.cpp was tried
+
+
+def _graph_mix_available() -> bool:
+    if not _GRAPH_MIX:
+        from skelcl._cpp import load_extension
+
+        _GRAPH_MIX.append(load_extension("skelcl_graph_mix", ("graph_mix.cpp",)) is not None)
+    return _GRAPH_MIX[0]
+
+
+def _csr_rowptr(rows: Tensor, n_rows: int) -> Tensor:
+    counts = torch.bincount(rows, minlength=n_rows)
+    return torch.cat([counts.new_zeros(1), counts.cumsum(0)])
+
+
+class _JointMixer:
+    """Mixes joints with the ``(R, V)`` matrix ``mix``: ``(b, V, L) -> (b, R, L)``, its transpose for
+    the input gradient, and the gradient w.r.t. ``mix``.
+
+    Sparse (skeleton graphs: 73 non-zeros of 1,875 for NTU-25 with 3 partitions): the C++ kernels
+    in csrc/graph_mix.cpp with the matrix in CSR form, a few scaled row copies per output row. Dense
+    (no compiler, dtypes other than float32/float64, or a matrix more than a quarter full): batched
+    products, whose inner dimension V is too short to run near peak.
+    """
+
+    def __init__(self, mix: Tensor, pattern: Tensor | None):
+        """``pattern``: bool ``(R, V)``, the entries of ``mix`` that may be non-zero (the others get
+        no gradient), or None when only its current values matter (then ``mix`` needs no gradient)."""
+        self.mix = mix
+        n_rows, n_cols = mix.shape
+        pattern = mix != 0 if pattern is None else pattern
+        self.sparse = (mix.dtype in (torch.float32, torch.float64) and _graph_mix_available()
+                       and 4 * int(torch.count_nonzero(pattern)) <= n_rows * n_cols)
+        if self.sparse:
+            rows, cols = pattern.nonzero(as_tuple=True)  # row-major order: CSR
+            self.rows, self.cols = rows, cols
+            self.rowptr, self.val = _csr_rowptr(rows, n_rows), mix[rows, cols].contiguous()
+            by_col = torch.argsort(cols * n_rows + rows)  # the transpose's CSR
+            self.t_rowptr, self.t_col = _csr_rowptr(cols[by_col], n_cols), rows[by_col].contiguous()
+            self.t_val = self.val[by_col].contiguous()
+
+    def __call__(self, x3: Tensor) -> Tensor:
+        """(b, V, L) -> (b, R, L)."""
+        if not self.sparse:
+            return torch.bmm(self.mix.expand(x3.shape[0], *self.mix.shape), x3)
+        out = x3.new_empty(x3.shape[0], self.mix.shape[0], x3.shape[2])
+        torch.ops.skelcl.graph_mix_(out, x3.contiguous(), self.rowptr, self.cols, self.val)
+        return out
+
+    def transpose_into(self, g3: Tensor, out: Tensor) -> None:
+        """out (b, V, L) = mix^T applied to g3 (b, R, L)."""
+        if not self.sparse:
+            torch.bmm(self.mix.t().expand(g3.shape[0], *self.mix.t().shape), g3, out=out)
+        else:
+            torch.ops.skelcl.graph_mix_(out, g3.contiguous(), self.t_rowptr, self.t_col, self.t_val)
+
+    def grad(self, g3: Tensor, x3: Tensor) -> Tensor:
+        """Gradient of sum(g3 * mixer(x3)) w.r.t. the matrix: (R, V) when dense, the non-zeros'
+        values (nnz,) when sparse (``dense_grad`` turns the sum of these into the matrix)."""
+        if not self.sparse:
+            return torch.bmm(g3, x3.transpose(1, 2)).sum(0)
+        return torch.ops.skelcl.graph_mix_val_grad(g3.contiguous(), x3.contiguous(), self.rowptr, self.cols)
+
+    def dense_grad(self, grad: Tensor) -> Tensor:
+        if not self.sparse:
+            return grad
+        return torch.zeros_like(self.mix).index_put_((self.rows, self.cols), grad)
+
+
 class _MixProjectCPU(torch.autograd.Function):
     """GraphConv on CPU: ``(B, V, T, C_in)``, mixing matrix ``(K*W, V)``, weight ``(K*C_out, C_in)``,
     mixed bias ``(W, C_out)`` or None -> ``(B, W, T, C_out)``. Same function as the portable path in
@@ -108,7 +178,8 @@ class _MixProjectCPU(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x: Tensor, mix: Tensor, weight: Tensor, bias: Tensor | None, k: int) -> Tensor:
+    def forward(ctx, x: Tensor, mix: Tensor, weight: Tensor, bias: Tensor | None, k: int,
+                pattern: Tensor | None) -> Tensor:
         x = x.contiguous()  # a no-op between blocks (float64 convs may hand back NCHW outputs)
         b, v, t, c_in = x.shape
         kw, c_out = mix.shape[0], weight.shape[0] // k
@@ -116,16 +187,19 @@ class _MixProjectCPU(torch.autograd.Function):
         x3 = x.view(b, v, t * c_in)
         w3 = weight.view(k, c_out, c_in).permute(1, 2, 0).reshape(c_out, c_in, k, 1, 1)
         chunks = _chunks(b, kw * t * c_in * x.element_size())
+        if pattern is None and ctx.needs_input_grad[1]:  # every entry needs its gradient: mixed densely
+            pattern = torch.ones_like(mix, dtype=torch.bool)
+        mixer = _JointMixer(mix, pattern)
         outs = []
         for lo, hi in chunks:
-            xa = torch.bmm(mix.expand(hi - lo, kw, v), x3[lo:hi])  # (b, K, W, T, C_in) in memory
+            xa = mixer(x3[lo:hi])  # (b, K, W, T, C_in) in memory
             outs.append(F.conv3d(xa.view(hi - lo, k, w_joints, t, c_in).permute(0, 4, 1, 2, 3), w3))
         out = outs[0] if len(outs) == 1 else torch.cat(outs)  # (B, C_out, 1, W, T) channels_last_3d
         if bias is not None:
             out.add_(bias.t().reshape(c_out, 1, w_joints, 1))  # in place on the conv output, not a view
         # Small enough for one chunk: keep the mixed activations rather than mixing again.
         ctx.save_for_backward(x, mix, w3, xa if len(chunks) == 1 else None)
-        ctx.k, ctx.has_bias = k, bias is not None
+        ctx.k, ctx.has_bias, ctx.mixer = k, bias is not None, mixer
         return out.permute(0, 2, 3, 4, 1).view(b, w_joints, t, c_out)
 
     @staticmethod
@@ -141,10 +215,11 @@ class _MixProjectCPU(torch.autograd.Function):
         g3 = grad.view(b, 1, w_joints, t, c_out).permute(0, 4, 1, 2, 3)  # as the conv3d output
         g2 = grad.permute(0, 3, 1, 2)  # (B, C_out, W, T) channels_last, as a 1x1 conv output
         w1 = w3[:, :, 0]  # shape (C_out, C_in, 1, 1): only its shape and dtype are read
+        mixer = ctx.mixer
         grad_x = torch.empty_like(x3) if need_x else None
         grad_mix = grad_w = grad_b = None
         for lo, hi in _chunks(b, kw * t * c_in * x.element_size()) if need_x or need_mix or need_w else ():
-            xa = saved_xa if saved_xa is not None else torch.bmm(mix.expand(hi - lo, kw, v), x3[lo:hi])
+            xa = saved_xa if saved_xa is not None else mixer(x3[lo:hi])
             xa = xa.view(hi - lo, k, w_joints, t, c_in)
             if need_w:
                 g_lo = g2[lo:hi]
@@ -154,15 +229,16 @@ class _MixProjectCPU(torch.autograd.Function):
                 gxa = _conv_grad(g3[lo:hi], xa.permute(0, 4, 1, 2, 3), w3, 0)
                 gxa = gxa.permute(0, 2, 3, 4, 1).reshape(hi - lo, kw, t * c_in)  # a view (channels_last_3d)
                 if need_x:
-                    torch.bmm(mix.t().expand(hi - lo, v, kw), gxa, out=grad_x[lo:hi])
+                    mixer.transpose_into(gxa, grad_x[lo:hi])
                 if need_mix:
-                    part = torch.bmm(gxa, x3[lo:hi].transpose(1, 2)).sum(0)
+                    part = mixer.grad(gxa, x3[lo:hi])
                     grad_mix = part if grad_mix is None else grad_mix.add_(part)
+        grad_mix = None if grad_mix is None else mixer.dense_grad(grad_mix)
         grad_w = None if grad_w is None else grad_w.view(k * c_out, c_in)
         grad_x = None if grad_x is None else grad_x.view(b, v, t, c_in)
         if ctx.has_bias and need_b:
             grad_b = grad.sum(2).sum(0)
-        return grad_x, grad_mix, grad_w, grad_b, None
+        return grad_x, grad_mix, grad_w, grad_b, None, None
 
 
 class GraphConv(nn.Module):
@@ -186,7 +262,14 @@ class GraphConv(nn.Module):
         if self.bias is not None:
             nn.init.uniform_(self.bias, -bound, bound)
 
-    def forward(self, x: Tensor, adjacency: Tensor) -> Tensor:
+    def forward(self, x: Tensor, adjacency: Tensor, support: Tensor | None = None) -> Tensor:
+        """x ``(B, V, T, C_in)``, adjacency ``(K, V, W)`` -> ``(B, W, T, C_out)``.
+
+        ``support`` (shaped like adjacency, optional): a tensor that is zero wherever adjacency is
+        zero for every value of what it depends on (the layout's partitions A when adjacency is
+        A * edge importance). On CPU the joints are then mixed with a sparse kernel and the
+        gradient w.r.t. adjacency is computed on the support only.
+        """
         b, v, t, c_in = x.shape
         k, c_out = self.num_partitions, self.out_channels
         w_joints = adjacency.shape[-1]
@@ -195,7 +278,8 @@ class GraphConv(nn.Module):
         # sum_v A_k[v, w] (W_k x[v] + b_k) = W_k (sum_v A_k[v, w] x[v]) + (sum_v A_k[v, w]) b_k
         bias = None if self.bias is None else adjacency.sum(1).t() @ self.bias.view(k, c_out)  # (W, C_out)
         if _cpu_fast_path(x):
-            return _MixProjectCPU.apply(x, mix, self.weight, bias, k)
+            pattern = None if support is None else (support != 0).transpose(1, 2).reshape(k * w_joints, v)
+            return _MixProjectCPU.apply(x, mix, self.weight, bias, k, pattern)
         xa = torch.matmul(mix, x.reshape(b, v, t * c_in)).view(b, k, w_joints, t, c_in)
         xa = xa.permute(0, 2, 3, 1, 4).reshape(b, w_joints, t, k * c_in)
         weight = self.weight.view(k, c_out, c_in).transpose(0, 1).reshape(c_out, k * c_in)
@@ -253,8 +337,8 @@ class STGCNBlock(nn.Module):
         else:
             self.residual = ResidualProjection(in_channels, out_channels, stride)
 
-    def forward(self, x: Tensor, adjacency: Tensor) -> Tensor:
-        y = self.graph_conv(x, adjacency).permute(0, 3, 1, 2)  # (B, C, V, T), channels_last
+    def forward(self, x: Tensor, adjacency: Tensor, support: Tensor | None = None) -> Tensor:
+        y = self.graph_conv(x, adjacency, support).permute(0, 3, 1, 2)  # (B, C, V, T), channels_last
         y = F.relu(self.bn_graph(y), inplace=True)
         conv = self.temporal_conv
         w = conv.weight.view(*conv.weight.shape[:2], 1, -1)  # (k, 1) kernel as (1, k)
@@ -339,7 +423,7 @@ class STGCN(nn.Module):
         x = self.data_bn(x).view(n * m, t, v, c).transpose(1, 2).contiguous()  # (N*M, V, T, C): one copy
         for i, block in enumerate(self.blocks):
             adjacency = self.A if self.edge_importance is None else self.A * self.edge_importance[i]
-            x = block(x, adjacency)
+            x = block(x, adjacency, self.A)
         return x.mean(dim=(1, 2)).view(n, m, -1).mean(dim=1)
 
     def forward(self, x: Tensor) -> Tensor:
