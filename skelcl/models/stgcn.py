@@ -14,8 +14,9 @@ batch norm below runs on a view and no activation is copied between layers.
   linear layer), and the bias enters as its mixed form ``sum_k (sum_v A_k[v, w]) b_k`` per
   ``(w, c)``. Mixing first works on the narrower side when a block widens and on 3 channels in
   the first block. On CPU (outside autocast) a custom autograd function never holds the mixed
-  activations (K times the input) for more than a few sequences at a time, and computes the
-  weight gradient one partition at a time.
+  activations (K times the input) for more than a few sequences at a time, computes the weight
+  gradient one partition at a time, and mixes with a sparse C++ kernel (csrc/graph_mix.cpp) on the
+  non-zeros of the layout's partitions.
 
 Parameters keep the shapes of the original convolutions (1x1 ones squeezed), so
 ``skelcl.models.convert_stgcn_state_dict`` maps original checkpoints one to one.
