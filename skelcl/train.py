@@ -304,6 +304,10 @@ def _run(cfg: TrainConfig, info, data=None) -> dict:
 
     rank, world = info.rank, info.world_size
     device = info.device if world > 1 or cfg.device == "auto" else torch.device(cfg.device)
+    if device.type == "cpu":  # no page faults on every step's fresh activation buffers (skelcl.hostmem)
+        from skelcl.hostmem import retain_freed_host_memory
+
+        retain_freed_host_memory()
     if cfg.batch_size % world:
         raise ValueError(f"batch_size {cfg.batch_size} must be divisible by the {world} processes")
     sampler = get_sampler(cfg.views)  # bad preset names fail here, before any work
