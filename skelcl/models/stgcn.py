@@ -80,7 +80,7 @@ def _conv_grad(grad: Tensor, inp: Tensor, weight: Tensor, which: int) -> Tensor:
 
 
 # The mixed activations (K times the size of a block's input) are processed in chunks of sequences
-# of about _CHUNK_BYTES, unless those of the whole batch fit in _WHOLE_BYTES (then kept for backward).
+# of about _CHUNK_BYTES, unless those of the whole batch fit in _WHOLE_BYTES.
 _CHUNK_BYTES, _WHOLE_BYTES = 8 << 20, 16 << 20
 
 
@@ -141,6 +141,24 @@ class _JointMixer:
         torch.ops.skelcl.graph_mix_(out, x3.contiguous(), self.rowptr, self.cols, self.val)
         return out
 
+    def by_partition(self, x3: Tensor, k: int) -> Tensor:
+        """(b, V, L) -> (K, b, W, L): the same rows as ``self(x3)``, each partition contiguous (the
+        layout a per-partition weight gradient reads without a copy)."""
+        b, n_cols, length = x3.shape
+        w = self.mix.shape[0] // k
+        out = x3.new_empty(k, b, w, length)
+        if not self.sparse:
+            for i in range(k):
+                torch.bmm(self.mix[i * w:(i + 1) * w].expand(b, w, n_cols), x3, out=out[i])
+            return out
+        x3 = x3.contiguous()
+        bounds = self.rowptr[::w].tolist()  # where each partition's non-zeros start and end
+        for i in range(k):
+            lo, hi = bounds[i], bounds[i + 1]
+            rowptr = self.rowptr[i * w:(i + 1) * w + 1] - lo
+            torch.ops.skelcl.graph_mix_(out[i], x3, rowptr, self.cols[lo:hi], self.val[lo:hi])
+        return out
+
     def transpose_into(self, g3: Tensor, out: Tensor) -> None:
         """out (b, V, L) = mix^T applied to g3 (b, R, L)."""
         if not self.sparse:
@@ -168,12 +186,14 @@ class _MixProjectCPU(torch.autograd.Function):
 
     - the mixed activations ``(b, K, W, T, C_in)`` (K times the size of the input) exist only a few
       sequences (about 8 MB) at a time: mixed and projected chunk by chunk in the forward, mixed
-      again in the backward instead of being saved (unless they take at most 16 MB in all). At
-      width 64 this saves about a third of the encoder's activation memory, keeps those buffers
-      in cache and reused, and avoids the 61-64 MB allocations that glibc maps and the kernel
-      page-faults afresh every step;
+      again in the backward instead of being saved. At width 64 this saves about a third of the
+      encoder's activation memory, keeps those buffers in cache and reused, and avoids the 61-64 MB
+      allocations that glibc maps and the kernel page-faults afresh every step;
     - weight gradient: K 1x1-conv weight gradients, one per partition (oneDNN is about 1.2-1.4x
-      faster at this than the depth-K conv3d weight gradient);
+      faster at this than the depth-K conv3d weight gradient), on activations mixed again
+      partition by partition, so that each is contiguous and oneDNN does not copy it;
+    - input gradient: the conv3d's input gradient needs only the shape of its input, so the mixed
+      activations are not recomputed for it;
     - bias gradient: sum over T, then over B (about 2x faster than autograd's single ``sum`` over
       both for the broadcast add).
     """
@@ -198,14 +218,13 @@ class _MixProjectCPU(torch.autograd.Function):
         out = outs[0] if len(outs) == 1 else torch.cat(outs)  # (B, C_out, 1, W, T) channels_last_3d
         if bias is not None:
             out.add_(bias.t().reshape(c_out, 1, w_joints, 1))  # in place on the conv output, not a view
-        # Small enough for one chunk: keep the mixed activations rather than mixing again.
-        ctx.save_for_backward(x, mix, w3, xa if len(chunks) == 1 else None)
+        ctx.save_for_backward(x, mix, w3)
         ctx.k, ctx.has_bias, ctx.mixer = k, bias is not None, mixer
         return out.permute(0, 2, 3, 4, 1).view(b, w_joints, t, c_out)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        x, mix, w3, saved_xa = ctx.saved_tensors
+        x, mix, w3 = ctx.saved_tensors
         need_x, need_mix, need_w, need_b = ctx.needs_input_grad[:4]
         k = ctx.k
         b, v, t, c_in = x.shape
@@ -220,14 +239,15 @@ class _MixProjectCPU(torch.autograd.Function):
         grad_x = torch.empty_like(x3) if need_x else None
         grad_mix = grad_w = grad_b = None
         for lo, hi in _chunks(b, kw * t * c_in * x.element_size()) if need_x or need_mix or need_w else ():
-            xa = saved_xa if saved_xa is not None else mixer(x3[lo:hi])
-            xa = xa.view(hi - lo, k, w_joints, t, c_in)
+            n = hi - lo
             if need_w:
+                xk = mixer.by_partition(x3[lo:hi], k).view(k, n, w_joints, t, c_in)
                 g_lo = g2[lo:hi]
-                part = torch.cat([_conv_grad(g_lo, xa[:, i].permute(0, 3, 1, 2), w1, 1) for i in range(k)])
+                part = torch.cat([_conv_grad(g_lo, xk[i].permute(0, 3, 1, 2), w1, 1) for i in range(k)])
                 grad_w = part if grad_w is None else grad_w.add_(part)
             if need_x or need_mix:
-                gxa = _conv_grad(g3[lo:hi], xa.permute(0, 4, 1, 2, 3), w3, 0)
+                input_like = x.new_empty(n, k, w_joints, t, c_in).permute(0, 4, 1, 2, 3)  # shape only
+                gxa = _conv_grad(g3[lo:hi], input_like, w3, 0)
                 gxa = gxa.permute(0, 2, 3, 4, 1).reshape(hi - lo, kw, t * c_in)  # a view (channels_last_3d)
                 if need_x:
                     mixer.transpose_into(gxa, grad_x[lo:hi])
