@@ -5,10 +5,12 @@
 
 Cases: widths 64 and 16 (original and SkeletonCLR size), N=128, T=64, M=2, NTU-25 joints, bf16
 autocast, one SGD train step (forward, backward, update), run eagerly and replayed from a CUDA
-graph ("skelcl-graph": one launch per step instead of one per kernel). The reference is the NCTV
-ST-GCN kept in tests/nctv_stgcn.py, measured in the same run; DESIGN section 5 has its H200 figures (54 ms
-width 64, 21.6 ms width 16 with AMP + channels_last). torch.compile is measured at width 16, then
-at width 64 while the time budget lasts (a compile costs tens of seconds; its time is in the note).
+graph ("skelcl-graph": one launch per step instead of one per kernel), each also with the joints
+mixed by the sparse Triton kernels ("-sparse") instead of a dense batched product. The reference
+is the NCTV ST-GCN kept in tests/nctv_stgcn.py, measured in the same run; DESIGN section 5 has its
+H200 figures (54 ms width 64, 21.6 ms width 16 with AMP + channels_last). torch.compile is
+measured at width 16, then at width 64 while the time budget lasts (a compile costs tens of
+seconds; its time is in the note).
 Whole run: about 1 s per eager case plus the compiles, under 150 s on an H100/H200.
 """
 
@@ -29,6 +31,7 @@ for _p in (os.path.dirname(_HERE), os.path.join(os.path.dirname(_HERE), "tests")
 from _timing import cuda_step_ms_and_peak  # noqa: E402
 from nctv_stgcn import NCTVSTGCN  # noqa: E402
 
+import skelcl.models.stgcn as stgcn_module  # noqa: E402
 from skelcl.layouts import get_layout  # noqa: E402
 from skelcl.models import STGCN, stgcn_widths  # noqa: E402
 
@@ -94,6 +97,29 @@ def make_graphed_step(model: torch.nn.Module, n: int, t: int, device, amp_dtype=
     return step
 
 
+def with_sparse_mixing(build):
+    """``build`` with the joints mixed by the sparse Triton kernels (stgcn.SPARSE_MIX_TRITON) while
+    the step is built (warm-up and capture included) and run."""
+
+    def built():
+        stgcn_module.SPARSE_MIX_TRITON = True
+        try:
+            step = build()
+        finally:
+            stgcn_module.SPARSE_MIX_TRITON = False
+
+        def sparse_step():
+            stgcn_module.SPARSE_MIX_TRITON = True
+            try:
+                return step()
+            finally:
+                stgcn_module.SPARSE_MIX_TRITON = False
+
+        return sparse_step
+
+    return built
+
+
 def _row(case, impl, ms=None, peak=None, ratio=None, note=""):
     return {"suite": SUITE, "case": case, "impl": impl, "ms": ms, "peak_mib": peak, "ratio_vs_ref": ratio,
             "note": note}
@@ -143,6 +169,11 @@ def run(out_dir: str, quick: bool = False) -> list[dict]:
             graphed = lambda w=width: make_graphed_step(make_model("skelcl", w, dev), n, t, dev)  # noqa: E731
             rows.append(_measure(case, "skelcl-graph", graphed, warmup, repeats, n, ref["ms"],
                                  " (first call = warm-up + capture)"))
+            sparse = with_sparse_mixing(builder("skelcl", width))
+            rows.append(_measure(case, "skelcl-eager-sparse", sparse, warmup, repeats, n, ref["ms"],
+                                 "; joints mixed by the sparse Triton kernels"))
+            rows.append(_measure(case, "skelcl-graph-sparse", with_sparse_mixing(graphed), warmup, repeats, n,
+                                 ref["ms"], "; sparse Triton mixing, replayed from a CUDA graph"))
             rows.append(_measure(case, "skelcl-eager-fp32", builder("skelcl", width, amp_dtype=None), warmup,
                                  repeats, n, None, "; fp32 (torch default TF32 settings), no reference row"))
     for width in (16, 64):  # compiled: width 16 first; width 64 only while the budget lasts

@@ -24,7 +24,9 @@ Parameters keep the shapes of the original convolutions (1x1 ones squeezed), so
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -107,6 +109,27 @@ def _csr_rowptr(rows: Tensor, n_rows: int) -> Tensor:
     return torch.cat([counts.new_zeros(1), counts.cumsum(0)])
 
 
+class _Csr(NamedTuple):
+    """Where a ``(R, V)`` boolean pattern is true, in CSR form (row-major ``rows``, ``cols``,
+    ``rowptr``), and the transpose's CSR (``t_rowptr``, ``t_col``); ``by_col`` reorders values of
+    the former into the latter."""
+
+    rows: Tensor
+    cols: Tensor
+    rowptr: Tensor
+    by_col: Tensor
+    t_rowptr: Tensor
+    t_col: Tensor
+
+    @classmethod
+    def of(cls, pattern: Tensor) -> _Csr:
+        n_rows, n_cols = pattern.shape
+        rows, cols = pattern.nonzero(as_tuple=True)  # row-major order
+        by_col = torch.argsort(cols * n_rows + rows)
+        return cls(rows, cols, _csr_rowptr(rows, n_rows), by_col, _csr_rowptr(cols[by_col], n_cols),
+                   rows[by_col].contiguous())
+
+
 class _JointMixer:
     """Mixes joints with the ``(R, V)`` matrix ``mix``: ``(b, V, L) -> (b, R, L)``, its transpose for
     the input gradient, and the gradient w.r.t. ``mix``.
@@ -126,12 +149,11 @@ class _JointMixer:
         self.sparse = (mix.dtype in (torch.float32, torch.float64) and _graph_mix_available()
                        and 4 * int(torch.count_nonzero(pattern)) <= n_rows * n_cols)
         if self.sparse:
-            rows, cols = pattern.nonzero(as_tuple=True)  # row-major order: CSR
-            self.rows, self.cols = rows, cols
-            self.rowptr, self.val = _csr_rowptr(rows, n_rows), mix[rows, cols].contiguous()
-            by_col = torch.argsort(cols * n_rows + rows)  # the transpose's CSR
-            self.t_rowptr, self.t_col = _csr_rowptr(cols[by_col], n_cols), rows[by_col].contiguous()
-            self.t_val = self.val[by_col].contiguous()
+            csr = _Csr.of(pattern)
+            self.rows, self.cols, self.rowptr, self.t_rowptr, self.t_col = (
+                csr.rows, csr.cols, csr.rowptr, csr.t_rowptr, csr.t_col)
+            self.val = mix[csr.rows, csr.cols].contiguous()
+            self.t_val = self.val[csr.by_col].contiguous()
 
     def __call__(self, x3: Tensor) -> Tensor:
         """(b, V, L) -> (b, R, L)."""
@@ -262,6 +284,54 @@ class _MixProjectCPU(torch.autograd.Function):
         return grad_x, grad_mix, grad_w, grad_b, None, None
 
 
+# Devices other than the CPU mix joints densely (a batched product) unless this is True: the sparse
+# Triton kernels (kernels/graph_mix.py) are tested against it but not yet timed on a GPU.
+SPARSE_MIX_TRITON = False
+
+
+def _triton_mix_usable(x: Tensor) -> bool:
+    if not SPARSE_MIX_TRITON or x.dtype not in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
+        return False
+    if not (x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"):
+        return False
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+class _SparseMixTriton(torch.autograd.Function):
+    """``(b, V, L)`` -> ``(b, R, L)`` mixed by the ``(R, V)`` matrix ``mix`` on the non-zeros ``csr``
+    of its support, with the Triton kernels; gradients w.r.t. the input and ``mix`` (on the support).
+    """
+
+    @staticmethod
+    def forward(ctx, x3: Tensor, mix: Tensor, csr: _Csr) -> Tensor:
+        from skelcl.kernels.graph_mix import graph_mix
+
+        x3 = x3.contiguous()
+        val = mix[csr.rows, csr.cols].to(x3.dtype).contiguous()
+        ctx.save_for_backward(x3, val)
+        ctx.csr, ctx.mix_shape, ctx.mix_dtype = csr, mix.shape, mix.dtype
+        return graph_mix(x3, csr.rowptr, csr.cols, val)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        from skelcl.kernels.graph_mix import graph_mix, graph_mix_val_grad
+
+        x3, val = ctx.saved_tensors
+        csr = ctx.csr
+        grad = grad.contiguous().to(x3.dtype)
+        grad_x = grad_mix = None
+        if ctx.needs_input_grad[0]:
+            grad_x = graph_mix(grad, csr.t_rowptr, csr.t_col, val[csr.by_col].contiguous())
+        if ctx.needs_input_grad[1]:
+            grad_val = graph_mix_val_grad(grad, x3, csr.rows, csr.cols).to(ctx.mix_dtype)
+            grad_mix = grad_val.new_zeros(ctx.mix_shape).index_put_((csr.rows, csr.cols), grad_val)
+        return grad_x, grad_mix, None
+
+
 class GraphConv(nn.Module):
     """Spatial graph convolution over K adjacency partitions on ``(B, V, T, C)`` activations.
 
@@ -301,11 +371,27 @@ class GraphConv(nn.Module):
         if _cpu_fast_path(x):
             pattern = None if support is None else (support != 0).transpose(1, 2).reshape(k * w_joints, v)
             return _MixProjectCPU.apply(x, mix, self.weight, bias, k, pattern)
-        xa = torch.matmul(mix, x.reshape(b, v, t * c_in)).view(b, k, w_joints, t, c_in)
+        x3 = x.reshape(b, v, t * c_in)
+        if support is not None and _triton_mix_usable(x):
+            xa = _SparseMixTriton.apply(x3, mix, self._support_csr(support, k, w_joints, v))
+        else:
+            xa = torch.matmul(mix, x3)
+        xa = xa.view(b, k, w_joints, t, c_in)
         xa = xa.permute(0, 2, 3, 1, 4).reshape(b, w_joints, t, k * c_in)
         weight = self.weight.view(k, c_out, c_in).transpose(0, 1).reshape(c_out, k * c_in)
         out = F.linear(xa, weight)
         return out if bias is None else out + bias.view(w_joints, 1, c_out)
+
+    def _support_csr(self, support: Tensor, k: int, w_joints: int, v: int) -> _Csr:
+        """The CSR of the support's mixing pattern, built once per support tensor (``nonzero`` reads
+        back to the host; afterwards nothing does, so a step can be captured in a CUDA graph)."""
+        key = (support.data_ptr(), support._version, support.device, tuple(support.shape))
+        cached = getattr(self, "_csr_cache", None)
+        if cached is None or cached[0] != key:
+            pattern = (support != 0).transpose(1, 2).reshape(k * w_joints, v)
+            cached = (key, _Csr.of(pattern))
+            self._csr_cache = cached
+        return cached[1]
 
     def extra_repr(self) -> str:
         return f"{self.in_channels}, {self.out_channels}, partitions={self.num_partitions}"
