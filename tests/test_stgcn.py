@@ -320,3 +320,9 @@ def test_graph_mix_kernel_checks_its_arguments():
         torch.ops.skelcl.graph_mix_(out, x, rowptr, col, val.double())
     with pytest.raises(RuntimeError, match="contiguous"):
         torch.ops.skelcl.graph_mix_(out, x.transpose(1, 2).contiguous().transpose(1, 2), rowptr, col, val)
+
+
+@pytest.mark.parametrize("layout", ["kinect20", "coco17"])
+def test_cpu_path_other_layouts_match_nctv(rng, layout):
+    """The CPU path (sparse joint mixing on each layout's own partitions) on the other joint graphs."""
+    _check_against_nctv(rng, layout=layout, widths=(8, 16, 16), t=9)
