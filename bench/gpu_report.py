@@ -30,7 +30,7 @@ sys.path[:0] = [HERE, ROOT]
 import _timing  # noqa: E402
 
 # Known pieces first, in this order (the least measured first); any other bench/gpu_*.py follows.
-ORDER = ["gpu_ntxent", "gpu_encoder", "gpu_train", "gpu_lars", "gpu_augment"]
+ORDER = ["gpu_encoder", "gpu_train", "gpu_lars", "gpu_ntxent", "gpu_augment"]
 SKIP = {"gpu_report"}
 
 

@@ -14,6 +14,7 @@
   (fused views + fused NT-Xent + multi-tensor LARS) against the plain-PyTorch reference pipeline
   (``skelcl.reference.view_transform``, the naive 2N x 2N NT-Xent, the per-parameter
   ``LARSReference``), both bf16 autocast, same encoder. ``ratio_vs_ref`` is the speed-up.
+  ``skelcl-bf16-sparse``: the same with the joints mixed by the sparse Triton kernels.
 
 Whole run: about 20-40 s on an H100/H200 (data generation ~5 s, the epoch, a few hundred steps).
 """
@@ -188,7 +189,13 @@ def run(out_dir: str, quick: bool = False) -> list[dict]:
     rows.append(_guard("train_epoch", epoch_case, "skelcl-bf16", epoch_row))
     repeats = 5 if quick else 20
     step_rows = {}
-    for impl, make in (("reference", make_reference_step), ("skelcl-bf16", make_skelcl_step)):
+    from gpu_encoder import with_sparse_mixing
+
+    def make_sparse_step(dev):
+        return with_sparse_mixing(lambda: make_skelcl_step(dev))()
+
+    for impl, make in (("reference", make_reference_step), ("skelcl-bf16", make_skelcl_step),
+                       ("skelcl-bf16-sparse", make_sparse_step)):
         def one(impl=impl, make=make):
             fn = make(device)
             ms, peak = cuda_step_ms_and_peak(fn, warmup=3, repeats=repeats)
