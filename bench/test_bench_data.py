@@ -48,7 +48,8 @@ def test_parse_skeleton_files(benchmark, raw_dir):
 
     out = benchmark(parse_all)
     assert len(out) == NUM_FILES
-    benchmark.extra_info["files_per_s"] = NUM_FILES / benchmark.stats.stats.mean
+    if benchmark.stats:  # None under --benchmark-disable
+        benchmark.extra_info["files_per_s"] = NUM_FILES / benchmark.stats.stats.mean
 
 
 @pytest.mark.parametrize("workers", [1, 2])
@@ -61,7 +62,8 @@ def test_prepare_ntu(benchmark, raw_dir, tmp_path, workers):
 
     summary = benchmark.pedantic(run, rounds=3, iterations=1)
     assert summary.num_samples == NUM_FILES
-    benchmark.extra_info["files_per_s"] = NUM_FILES / benchmark.stats.stats.mean
+    if benchmark.stats:  # None under --benchmark-disable
+        benchmark.extra_info["files_per_s"] = NUM_FILES / benchmark.stats.stats.mean
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +83,8 @@ def test_batch_loader_epoch(benchmark, memmapped):
         return sum(len(b[1]) for b in loader)
 
     seen = benchmark(epoch)
-    benchmark.extra_info["samples_per_s"] = seen / benchmark.stats.stats.mean
+    if benchmark.stats:
+        benchmark.extra_info["samples_per_s"] = seen / benchmark.stats.stats.mean
 
 
 def test_sample_frames_batch(benchmark):
