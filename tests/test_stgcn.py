@@ -326,3 +326,10 @@ def test_graph_mix_kernel_checks_its_arguments():
 def test_cpu_path_other_layouts_match_nctv(rng, layout):
     """The CPU path (sparse joint mixing on each layout's own partitions) on the other joint graphs."""
     _check_against_nctv(rng, layout=layout, widths=(8, 16, 16), t=9)
+
+
+def test_cpu_path_without_the_cpp_extension_matches_nctv(rng, monkeypatch):
+    """Where csrc/graph_mix.cpp cannot be built, the CPU path mixes joints with dense products."""
+    monkeypatch.setattr(stgcn_module, "_GRAPH_MIX", [False])
+    _check_against_nctv(rng)
+    _check_against_nctv(rng, frozen=("edge_importance.",))
