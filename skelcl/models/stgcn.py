@@ -16,7 +16,8 @@ batch norm below runs on a view and no activation is copied between layers.
   the first block. On CPU (outside autocast) a custom autograd function never holds the mixed
   activations (K times the input) for more than a few sequences at a time, computes the weight
   gradient one partition at a time, and mixes with a sparse C++ kernel (csrc/graph_mix.cpp) on the
-  non-zeros of the layout's partitions.
+  non-zeros of the layout's partitions. Elsewhere the mixing is a dense batched product, or, with
+  ``SPARSE_MIX_TRITON`` set, the equivalent sparse Triton kernels (kernels/graph_mix.py).
 
 Parameters keep the shapes of the original convolutions (1x1 ones squeezed), so
 ``skelcl.models.convert_stgcn_state_dict`` maps original checkpoints one to one.
