@@ -9,10 +9,12 @@
 //
 //   skelcl::graph_mix_(out, x, rowptr, col, val)
 //     x (B, V, L), out (B, R, L), both contiguous, float32 or float64; rowptr (R+1,) int64,
-//     col (nnz,) int64 in [0, V), val (nnz,) of x's dtype.
+//     col (nnz,) int64 in [0, V), val (nnz,) of x's dtype. Either of out and x may instead be
+//     partition-major, (P, B, R / P, L) (see Rows below).
 //     out[b, r, :] = sum_{j in row r} val[j] * x[b, col[j], :]   (0 for an empty row)
 //   skelcl::graph_mix_val_grad(g, x, rowptr, col) -> (nnz,)
-//     g (B, R, L), x (B, V, L); d/d val[j] of sum(g * out): sum_{b, l} g[b, r_j, l] * x[b, col[j], l]
+//     g (B, R, L), x (B, V, L), either partition-major too; d/d val[j] of sum(g * out):
+//     sum_{b, l} g[b, r_j, l] * x[b, col[j], l]
 //
 // One parallel region over sequences b: a sequence's slab of x (V rows) stays in cache while all R
 // output rows are written from it. The value gradient accumulates per sequence in double and sums
@@ -40,37 +42,47 @@ void check_csr(const at::Tensor& rowptr, const at::Tensor& col, int64_t rows, in
   }
 }
 
-void check_rows(const at::Tensor& t, const char* name) {
-  TORCH_CHECK(t.dim() == 3 && t.is_contiguous(), "graph_mix: ", name, " must be a contiguous (B, rows, L) tensor");
-  TORCH_CHECK(t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble,
-              "graph_mix: ", name, " must be float32 or float64, got ", t.scalar_type());
-}
+// A contiguous tensor seen as B sequences of `rows` rows of L elements: (B, rows, L), or
+// partition-major (P, B, rows / P, L), where row r of sequence b is row r % (rows / P) of block
+// (r / (rows / P), b): each partition's rows of all sequences are then one contiguous block, as a
+// per-partition GEMM reads them.
+struct Rows {
+  int64_t parts, batch, rows, length;
+
+  static Rows of(const at::Tensor& t, const char* name) {
+    TORCH_CHECK((t.dim() == 3 || t.dim() == 4) && t.is_contiguous(), "graph_mix: ", name,
+                " must be a contiguous (B, rows, L) or (P, B, rows / P, L) tensor");
+    TORCH_CHECK(t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble,
+                "graph_mix: ", name, " must be float32 or float64, got ", t.scalar_type());
+    if (t.dim() == 3) return {1, t.size(0), t.size(1), t.size(2)};
+    return {t.size(0), t.size(1), t.size(0) * t.size(2), t.size(3)};
+  }
+
+  int64_t offset(int64_t b, int64_t r) const {
+    const int64_t per = rows / parts;
+    return (((r / per) * batch + b) * per + r % per) * length;
+  }
+};
 
 template <typename scalar_t>
-void mix_kernel(at::Tensor& out, const at::Tensor& x, const at::Tensor& rowptr, const at::Tensor& col,
-                const at::Tensor& val) {
-  const int64_t B = x.size(0), V = x.size(1), L = x.size(2), R = out.size(1);
-  const scalar_t* xp = x.const_data_ptr<scalar_t>();
-  scalar_t* op = out.mutable_data_ptr<scalar_t>();
-  const int64_t* rp = rowptr.const_data_ptr<int64_t>();
-  const int64_t* cp = col.const_data_ptr<int64_t>();
-  const scalar_t* vp = val.const_data_ptr<scalar_t>();
-  at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
+void mix_kernel(const Rows& ro, scalar_t* op, const Rows& rx, const scalar_t* xp, const int64_t* rp,
+                const int64_t* cp, const scalar_t* vp) {
+  const int64_t L = rx.length;
+  at::parallel_for(0, ro.batch, 1, [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {
-      const scalar_t* xb = xp + b * V * L;
-      for (int64_t r = 0; r < R; ++r) {
-        scalar_t* o = op + (b * R + r) * L;
+      for (int64_t r = 0; r < ro.rows; ++r) {
+        scalar_t* o = op + ro.offset(b, r);
         const int64_t j0 = rp[r], j1 = rp[r + 1];
         if (j0 == j1) {
           for (int64_t l = 0; l < L; ++l) o[l] = scalar_t(0);
           continue;
         }
         const scalar_t v0 = vp[j0];
-        const scalar_t* x0 = xb + cp[j0] * L;
+        const scalar_t* x0 = xp + rx.offset(b, cp[j0]);
         for (int64_t l = 0; l < L; ++l) o[l] = v0 * x0[l];
         for (int64_t j = j0 + 1; j < j1; ++j) {
           const scalar_t v = vp[j];
-          const scalar_t* xr = xb + cp[j] * L;
+          const scalar_t* xr = xp + rx.offset(b, cp[j]);
           for (int64_t l = 0; l < L; ++l) o[l] += v * xr[l];
         }
       }
@@ -94,24 +106,19 @@ double dot(const scalar_t* a, const scalar_t* b, int64_t n) {
 }
 
 template <typename scalar_t>
-void val_grad_kernel(at::Tensor& grad_val, const at::Tensor& g, const at::Tensor& x, const at::Tensor& rowptr,
-                     const at::Tensor& col) {
-  const int64_t B = x.size(0), V = x.size(1), L = x.size(2), R = g.size(1), nnz = col.size(0);
-  const scalar_t* gp = g.const_data_ptr<scalar_t>();
-  const scalar_t* xp = x.const_data_ptr<scalar_t>();
-  const int64_t* rp = rowptr.const_data_ptr<int64_t>();
-  const int64_t* cp = col.const_data_ptr<int64_t>();
+void val_grad_kernel(scalar_t* out, const Rows& rg, const scalar_t* gp, const Rows& rx, const scalar_t* xp,
+                     const int64_t* rp, const int64_t* cp, int64_t nnz) {
+  const int64_t B = rx.batch, L = rx.length;
   std::vector<double> partial(static_cast<size_t>(B * nnz), 0.0);  // (B, nnz): one row per sequence
   at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {
       double* pb = partial.data() + b * nnz;
-      for (int64_t r = 0; r < R; ++r) {
-        const scalar_t* gr = gp + (b * R + r) * L;
-        for (int64_t j = rp[r]; j < rp[r + 1]; ++j) pb[j] = dot(gr, xp + (b * V + cp[j]) * L, L);
+      for (int64_t r = 0; r < rg.rows; ++r) {
+        const scalar_t* gr = gp + rg.offset(b, r);
+        for (int64_t j = rp[r]; j < rp[r + 1]; ++j) pb[j] = dot(gr, xp + rx.offset(b, cp[j]), L);
       }
     }
   });
-  scalar_t* out = grad_val.mutable_data_ptr<scalar_t>();
   for (int64_t j = 0; j < nnz; ++j) {
     double s = 0.0;
     for (int64_t b = 0; b < B; ++b) s += partial[b * nnz + j];
@@ -119,31 +126,39 @@ void val_grad_kernel(at::Tensor& grad_val, const at::Tensor& g, const at::Tensor
   }
 }
 
+void check_pair(const Rows& a, const Rows& b, const char* what) {
+  TORCH_CHECK(a.batch == b.batch && a.length == b.length, "graph_mix: ", what,
+              " must hold the same number of sequences B and row length L");
+}
+
 void graph_mix_(at::Tensor out, const at::Tensor& x, const at::Tensor& rowptr, const at::Tensor& col,
                 const at::Tensor& val) {
-  check_rows(x, "x");
-  check_rows(out, "out");
+  const Rows ro = Rows::of(out, "out"), rx = Rows::of(x, "x");
   TORCH_CHECK(out.scalar_type() == x.scalar_type() && val.scalar_type() == x.scalar_type(),
               "graph_mix: out, x and val must have the same dtype");
-  TORCH_CHECK(out.size(0) == x.size(0) && out.size(2) == x.size(2),
-              "graph_mix: out must be (B, rows, L) for x of shape (B, V, L)");
-  check_csr(rowptr, col, out.size(1), x.size(1));
+  check_pair(ro, rx, "out and x");
+  check_csr(rowptr, col, ro.rows, rx.rows);
   TORCH_CHECK(val.dim() == 1 && val.is_contiguous() && val.size(0) == col.size(0),
               "graph_mix: val must be a contiguous vector with one value per column index");
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "graph_mix_", [&] { mix_kernel<scalar_t>(out, x, rowptr, col, val); });
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "graph_mix_", [&] {
+    mix_kernel<scalar_t>(ro, out.mutable_data_ptr<scalar_t>(), rx, x.const_data_ptr<scalar_t>(),
+                         rowptr.const_data_ptr<int64_t>(), col.const_data_ptr<int64_t>(),
+                         val.const_data_ptr<scalar_t>());
+  });
 }
 
 at::Tensor graph_mix_val_grad(const at::Tensor& g, const at::Tensor& x, const at::Tensor& rowptr,
                               const at::Tensor& col) {
-  check_rows(g, "g");
-  check_rows(x, "x");
+  const Rows rg = Rows::of(g, "g"), rx = Rows::of(x, "x");
   TORCH_CHECK(g.scalar_type() == x.scalar_type(), "graph_mix_val_grad: g and x must have the same dtype");
-  TORCH_CHECK(g.size(0) == x.size(0) && g.size(2) == x.size(2),
-              "graph_mix_val_grad: g must be (B, rows, L) for x of shape (B, V, L)");
-  check_csr(rowptr, col, g.size(1), x.size(1));
+  check_pair(rg, rx, "g and x");
+  check_csr(rowptr, col, rg.rows, rx.rows);
   at::Tensor grad_val = at::empty({col.size(0)}, x.options());
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "graph_mix_val_grad",
-                             [&] { val_grad_kernel<scalar_t>(grad_val, g, x, rowptr, col); });
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "graph_mix_val_grad", [&] {
+    val_grad_kernel<scalar_t>(grad_val.mutable_data_ptr<scalar_t>(), rg, g.const_data_ptr<scalar_t>(), rx,
+                              x.const_data_ptr<scalar_t>(), rowptr.const_data_ptr<int64_t>(),
+                              col.const_data_ptr<int64_t>(), col.size(0));
+  });
   return grad_val;
 }
 

@@ -333,3 +333,26 @@ def test_cpu_path_without_the_cpp_extension_matches_nctv(rng, monkeypatch):
     monkeypatch.setattr(stgcn_module, "_GRAPH_MIX", [False])
     _check_against_nctv(rng)
     _check_against_nctv(rng, frozen=("edge_importance.",))
+
+
+def test_graph_mix_kernel_partition_major_layouts(rng):
+    """Either side of the C++ mixing may be partition-major, (P, B, rows / P, L)."""
+    if not stgcn_module._graph_mix_available():
+        pytest.skip("the C++ extension could not be built")
+    b, k, w, length = 3, 3, 4, 5
+    pattern = torch.rand(k * w, w, generator=rng) < 0.4
+    csr = stgcn_module._Csr.of(pattern)
+    dense = torch.randn(k * w, w, generator=rng, dtype=torch.float64) * pattern
+    val = dense[csr.rows, csr.cols].contiguous()
+    x = torch.randn(b, w, length, generator=rng, dtype=torch.float64)
+    out = torch.full((k, b, w, length), float("nan"), dtype=torch.float64)
+    torch.ops.skelcl.graph_mix_(out, x, csr.rowptr, csr.cols, val)
+    want = (dense @ x).view(b, k, w, length).transpose(0, 1)  # (K, B, W, L)
+    torch.testing.assert_close(out, want)
+    back = torch.empty(b, w, length, dtype=torch.float64)  # the transpose, reading the (K, B, W, L) side
+    torch.ops.skelcl.graph_mix_(back, out, csr.t_rowptr, csr.t_col, val[csr.by_col].contiguous())
+    torch.testing.assert_close(back, dense.t() @ (dense @ x))
+    g = torch.randn(k, b, w, length, generator=rng, dtype=torch.float64)
+    grad_val = torch.ops.skelcl.graph_mix_val_grad(g, x, csr.rowptr, csr.cols)
+    g_batch_major = g.transpose(0, 1).reshape(b, k * w, length)
+    torch.testing.assert_close(grad_val, (g_batch_major @ x.transpose(1, 2)).sum(0)[csr.rows, csr.cols])

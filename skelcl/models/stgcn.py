@@ -174,12 +174,7 @@ class _JointMixer:
             for i in range(k):
                 torch.bmm(self.mix[i * w:(i + 1) * w].expand(b, w, n_cols), x3, out=out[i])
             return out
-        x3 = x3.contiguous()
-        bounds = self.rowptr[::w].tolist()  # where each partition's non-zeros start and end
-        for i in range(k):
-            lo, hi = bounds[i], bounds[i + 1]
-            rowptr = self.rowptr[i * w:(i + 1) * w + 1] - lo
-            torch.ops.skelcl.graph_mix_(out[i], x3, rowptr, self.cols[lo:hi], self.val[lo:hi])
+        torch.ops.skelcl.graph_mix_(out, x3.contiguous(), self.rowptr, self.cols, self.val)  # one pass
         return out
 
     def transpose_into(self, g3: Tensor, out: Tensor) -> None:
