@@ -141,16 +141,14 @@ class _JointMixer:
     products, whose inner dimension V is too short to run near peak.
     """
 
-    def __init__(self, mix: Tensor, pattern: Tensor | None):
-        """``pattern``: bool ``(R, V)``, the entries of ``mix`` that may be non-zero (the others get
-        no gradient), or None when only its current values matter (then ``mix`` needs no gradient)."""
+    def __init__(self, mix: Tensor, csr: _Csr | None):
+        """``csr``: the entries of ``mix`` that may be non-zero (the others get no gradient), or None
+        to mix densely."""
         self.mix = mix
         n_rows, n_cols = mix.shape
-        pattern = mix != 0 if pattern is None else pattern
-        self.sparse = (mix.dtype in (torch.float32, torch.float64) and _graph_mix_available()
-                       and 4 * int(torch.count_nonzero(pattern)) <= n_rows * n_cols)
+        self.sparse = (csr is not None and mix.dtype in (torch.float32, torch.float64)
+                       and _graph_mix_available() and 4 * csr.rows.numel() <= n_rows * n_cols)
         if self.sparse:
-            csr = _Csr.of(pattern)
             self.rows, self.cols, self.rowptr, self.t_rowptr, self.t_col = (
                 csr.rows, csr.cols, csr.rowptr, csr.t_rowptr, csr.t_col)
             self.val = mix[csr.rows, csr.cols].contiguous()
@@ -218,7 +216,7 @@ class _MixProjectCPU(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: Tensor, mix: Tensor, weight: Tensor, bias: Tensor | None, k: int,
-                pattern: Tensor | None) -> Tensor:
+                csr: _Csr | None) -> Tensor:
         x = x.contiguous()  # a no-op between blocks (float64 convs may hand back NCHW outputs)
         b, v, t, c_in = x.shape
         kw, c_out = mix.shape[0], weight.shape[0] // k
@@ -226,9 +224,11 @@ class _MixProjectCPU(torch.autograd.Function):
         x3 = x.view(b, v, t * c_in)
         w3 = weight.view(k, c_out, c_in).permute(1, 2, 0).reshape(c_out, c_in, k, 1, 1)
         chunks = _chunks(b, kw * t * c_in * x.element_size())
-        if pattern is None and ctx.needs_input_grad[1]:  # every entry needs its gradient: mixed densely
-            pattern = torch.ones_like(mix, dtype=torch.bool)
-        mixer = _JointMixer(mix, pattern)
+        # Without the support's pattern only the current values matter, unless mix needs a gradient
+        # everywhere (then it is mixed densely).
+        if csr is None and not ctx.needs_input_grad[1]:
+            csr = _Csr.of(mix != 0)
+        mixer = _JointMixer(mix, csr)
         outs = []
         for lo, hi in chunks:
             xa = mixer(x3[lo:hi])  # (b, K, W, T, C_in) in memory
@@ -365,8 +365,8 @@ class GraphConv(nn.Module):
         # sum_v A_k[v, w] (W_k x[v] + b_k) = W_k (sum_v A_k[v, w] x[v]) + (sum_v A_k[v, w]) b_k
         bias = None if self.bias is None else adjacency.sum(1).t() @ self.bias.view(k, c_out)  # (W, C_out)
         if _cpu_fast_path(x):
-            pattern = None if support is None else (support != 0).transpose(1, 2).reshape(k * w_joints, v)
-            return _MixProjectCPU.apply(x, mix, self.weight, bias, k, pattern)
+            csr = None if support is None else self._support_csr(support, k, w_joints, v)
+            return _MixProjectCPU.apply(x, mix, self.weight, bias, k, csr)
         x3 = x.reshape(b, v, t * c_in)
         if support is not None and _triton_mix_usable(x):
             xa = _SparseMixTriton.apply(x3, mix, self._support_csr(support, k, w_joints, v))
@@ -379,8 +379,8 @@ class GraphConv(nn.Module):
         return out if bias is None else out + bias.view(w_joints, 1, c_out)
 
     def _support_csr(self, support: Tensor, k: int, w_joints: int, v: int) -> _Csr:
-        """The CSR of the support's mixing pattern, built once per support tensor (``nonzero`` reads
-        back to the host; afterwards nothing does, so a step can be captured in a CUDA graph)."""
+        """The CSR of the support's mixing pattern, built once per support tensor (on a GPU ``nonzero``
+        reads back to the host; afterwards nothing does, so a step can be captured in a CUDA graph)."""
         key = (support.data_ptr(), support._version, support.device, tuple(support.shape))
         cached = getattr(self, "_csr_cache", None)
         if cached is None or cached[0] != key:
