@@ -123,6 +123,22 @@ def cuda_step_ms_and_peak(fn: Callable[[], object], warmup: int, repeats: int) -
     return statistics.median(times), torch.cuda.max_memory_allocated() / 2**20
 
 
+def capture_cuda_graph(fn: Callable[[], object], warmup: int = 3) -> tuple[torch.cuda.CUDAGraph, object]:
+    """Runs ``fn`` ``warmup`` times on a side stream (cuDNN autotuning, Triton compiles, optimizer
+    state), then records one call in a CUDA graph; returns the graph and what the recorded call
+    returned (its outputs are overwritten by every ``graph.replay()``)."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(warmup):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = fn()
+    return graph, out
+
+
 def time_ms(fn: Callable[[], object], device: str | torch.device, **kwargs) -> float:
     """:func:`cuda_time_ms` for a CUDA device, :func:`cpu_time_ms` otherwise."""
     return cuda_time_ms(fn, **kwargs) if torch.device(device).type == "cuda" else cpu_time_ms(fn, **kwargs)

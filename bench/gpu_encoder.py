@@ -28,7 +28,7 @@ for _p in (os.path.dirname(_HERE), os.path.join(os.path.dirname(_HERE), "tests")
     if _p not in sys.path:
         sys.path.insert(0, _p)
 
-from _timing import cuda_step_ms_and_peak  # noqa: E402
+from _timing import capture_cuda_graph, cuda_step_ms_and_peak  # noqa: E402
 from nctv_stgcn import NCTVSTGCN  # noqa: E402
 
 import skelcl.models.stgcn as stgcn_module  # noqa: E402
@@ -79,16 +79,7 @@ def make_graphed_step(model: torch.nn.Module, n: int, t: int, device, amp_dtype=
     call replays it with one launch, so the host no longer enqueues every kernel. The warm-up runs on
     a side stream first (cuDNN autotuning, Triton compiles, momentum buffers). Autocast's weight-cast
     cache is off, as CUDA graph capture under autocast requires."""
-    eager = make_step(model, n, t, device, amp_dtype, cast_cache=False)
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(warmup):
-            eager()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        loss = eager()
+    graph, loss = capture_cuda_graph(make_step(model, n, t, device, amp_dtype, cast_cache=False), warmup)
 
     def step():
         graph.replay()

@@ -74,15 +74,7 @@ def graphed_step(opt: torch.optim.Optimizer, warmup: int = 3):
     """``opt.step`` recorded once in a CUDA graph (after a warm-up on a side stream that creates the
     momentum buffers and plans); the returned function replays it. Possible only because LARS never
     reads a value back to the host; the learning rate is fixed at capture."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(warmup):
-            opt.step()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        opt.step()
+    graph, _ = _timing.capture_cuda_graph(opt.step, warmup)
     return graph.replay
 
 
