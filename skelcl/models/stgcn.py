@@ -371,7 +371,9 @@ class GraphConv(nn.Module):
         if support is not None and _triton_mix_usable(x):
             xa = _SparseMixTriton.apply(x3, mix, self._support_csr(support, k, w_joints, v))
         else:
-            xa = torch.matmul(mix, x3)
+            # bmm with the matrix broadcast (batch stride 0): torch.matmul would fold the batch into
+            # a 2-D product over x3's transpose and copy both that transpose and its result.
+            xa = torch.bmm(mix.expand(b, *mix.shape), x3)
         xa = xa.view(b, k, w_joints, t, c_in)
         xa = xa.permute(0, 2, 3, 1, 4).reshape(b, w_joints, t, k * c_in)
         weight = self.weight.view(k, c_out, c_in).transpose(0, 1).reshape(c_out, k * c_in)
