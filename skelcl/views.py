@@ -120,7 +120,7 @@ class ViewSampler:
         # rather than arithmetic is what sampling costs.
         fixed = _constant(tuple(math.radians(a) for a in self.fixed_angles_deg), device)
         if not any(self.random_angles):
-            angles = fixed.expand(*shape, 3).contiguous()
+            angles = fixed.repeat(*shape, 1)  # a new tensor: never the cached constant itself
         else:
             if self.angles == "discrete":
                 table = _constant(tuple(math.radians(a) for a in self.angle_set_deg), device)
