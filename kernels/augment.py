@@ -14,6 +14,9 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from skelcl.kernels import check_interpreter
+
+check_interpreter()
 
 __all__ = ["view_augment_triton"]
 

@@ -21,6 +21,9 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from skelcl.kernels import check_interpreter
+
+check_interpreter()
 
 __all__ = ["graph_mix", "graph_mix_val_grad"]
 

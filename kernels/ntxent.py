@@ -24,6 +24,9 @@ import os
 import torch
 import triton
 import triton.language as tl
+from skelcl.kernels import check_interpreter
+
+check_interpreter()
 
 LOG2E = 1.0 / math.log(2.0)
 LN2 = math.log(2.0)
