@@ -2,7 +2,8 @@
 
     python -m skelcl.evaluate --checkpoint RUN_DIR/checkpoint.pt [--data synthetic|PATH] [--benchmark xview]
 
-Features ``h = f_enc(x)`` are extracted once (deterministic temporal sampling, no augmentation),
+Features ``h = f_enc(x)`` are extracted once (deterministic temporal sampling, no augmentation; each
+sequence normalised as pretraining normalises it, origin at the body centre of its first frame),
 standardised with the training-set mean and standard deviation, and a linear classifier is trained
 on them with Adam or SGD. The reported figure is the test top-1 after the *final* probe epoch; the
 best test top-1 over probe epochs is also returned, labelled as such, because choosing an epoch on
@@ -27,6 +28,7 @@ from skelcl.runlog import load_checkpoint
 __all__ = [
     "ProbeConfig",
     "extract_features",
+    "center_sequences",
     "linear_probe",
     "knn_top1",
     "evaluate_encoder",
@@ -66,14 +68,33 @@ def _device(device: str | torch.device | None) -> torch.device:
     return torch.device(device)
 
 
+def center_sequences(x: Tensor, center_joint: int) -> Tensor:
+    """Move the origin to person 0's ``center_joint`` at the first frame where person 0 is present.
+
+    The normalisation both pretraining views start from (the ``none`` view); absent (all-zero)
+    (frame, person) slots stay exactly zero. x: (N, 3, T, V, M).
+    """
+    from skelcl import reference
+
+    if not 0 <= center_joint < x.shape[3]:
+        raise ValueError(f"center_joint={center_joint} is out of range for V={x.shape[3]} joints")
+    center = reference.body_center(x, center_joint)  # (N, 3)
+    present = reference.present_mask(x)[:, None, :, None, :]  # (N, 1, T, 1, M)
+    zero = torch.zeros((), dtype=x.dtype, device=x.device)
+    return torch.where(present, x - center[:, :, None, None, None], zero)
+
+
 @torch.no_grad()
 def extract_features(
-    encoder: nn.Module, data, *, frames: int, batch_size: int = 256, device=None
+    encoder: nn.Module, data, *, frames: int, batch_size: int = 256, device=None,
+    center_joint: int | None = None,
 ) -> tuple[Tensor, Tensor]:
     """(features (N, D) float32 on CPU, labels (N,) int64) of every sequence of ``data``, in order.
 
     The encoder runs in eval mode (BN running statistics, no dropout); frames are sampled
-    deterministically (``random_crop=False``) so the features do not depend on a seed.
+    deterministically (``random_crop=False``) so the features do not depend on a seed. With
+    ``center_joint``, each sampled sequence is centred on that joint (``center_sequences``) before
+    the encoder, as the pretraining views are.
     """
     from skelcl.data.loader import BatchLoader
     from skelcl.data.temporal import sample_frames
@@ -89,6 +110,8 @@ def extract_features(
     feats, labels = [], []
     for x, y, lengths in loader:
         x = sample_frames(x, lengths, frames, random_crop=False)
+        if center_joint is not None:
+            x = center_sequences(x, center_joint)
         h = encoder(x)
         feats.append(h.float().cpu())
         labels.append(y.cpu())
@@ -197,14 +220,23 @@ def knn_top1(
 def evaluate_encoder(
     encoder: nn.Module, train, test, *, frames: int, batch_size: int = 256, device=None,
     probe: ProbeConfig | None = None, on_epoch: Callable[[dict], None] | None = None,
+    normalize: bool = True,
 ) -> dict:
-    """Linear probe and kNN of a frozen encoder: train on ``train``, report on ``test`` (SkeletonArrays)."""
+    """Linear probe and kNN of a frozen encoder: train on ``train``, report on ``test`` (SkeletonArrays).
+
+    ``normalize``: centre every sequence on its layout's centre joint first, as pretraining does
+    (an encoder pretrained on centred views never saw raw camera coordinates).
+    """
+    from skelcl.layouts import get_layout
+
     probe = probe or ProbeConfig()
     num_classes = int(max(train.num_classes or 0, test.num_classes or 0,
                           int(train.y.max()) + 1, int(test.y.max()) + 1))
+    center = get_layout(train.layout).center if normalize else None
     start = time.perf_counter()
-    tr_x, tr_y = extract_features(encoder, train, frames=frames, batch_size=batch_size, device=device)
-    te_x, te_y = extract_features(encoder, test, frames=frames, batch_size=batch_size, device=device)
+    kw = dict(frames=frames, batch_size=batch_size, device=device, center_joint=center)
+    tr_x, tr_y = extract_features(encoder, train, **kw)
+    te_x, te_y = extract_features(encoder, test, **kw)
     extract_s = time.perf_counter() - start
     if not (torch.isfinite(tr_x).all() and torch.isfinite(te_x).all()):
         raise ValueError("the encoder produced non-finite features")

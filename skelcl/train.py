@@ -119,6 +119,8 @@ class TrainConfig:
             raise ValueError(f"stop_after_steps must be >= 1, got {self.stop_after_steps}")
         if self.probe_optimizer not in ("adam", "sgd"):
             raise ValueError(f"probe_optimizer must be 'adam' or 'sgd', got {self.probe_optimizer!r}")
+        if not isinstance(self.seed, int) or self.seed < 0:
+            raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
 
     @classmethod
     def from_dict(cls, values: dict) -> TrainConfig:
@@ -148,6 +150,12 @@ def _load_data(cfg: TrainConfig, data=None):
                                 synthetic_kwargs=cfg.synthetic if cfg.data == "synthetic" else None)
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise ValueError(f"could not load data {cfg.data!r}: {exc}") from exc
+    from skelcl.layouts import get_layout
+
+    joints = get_layout(data.layout).num_joints  # ValueError names the known layouts
+    if data.x.shape[3] != joints:
+        raise ValueError(f"layout {data.layout!r} has {joints} joints, but the data {cfg.data!r} has "
+                         f"{data.x.shape[3]} (dim 3 of x)")
     train, test = data.train_test(cfg.benchmark)  # ValueError names the known benchmarks
     if len(train) == 0 or len(test) == 0:
         raise ValueError(f"benchmark {cfg.benchmark!r} leaves {len(train)} training and {len(test)} "
@@ -180,6 +188,36 @@ def _amp_settings(cfg: TrainConfig, device: torch.device) -> tuple[torch.dtype |
             return torch.bfloat16, False, "bf16 autocast"
         return torch.float16, True, "fp16 autocast + GradScaler (no bf16 on this GPU)"
     return torch.bfloat16, False, "bf16 autocast on CPU"
+
+
+def _device(name: str) -> torch.device:
+    """``--device`` as a torch.device, or a ValueError saying why it cannot be used here."""
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise ValueError(f"device {name!r} is not a device name ({exc})") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {name!r}: CUDA is not available on this machine")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"device {name!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return device
+
+
+# files that make a directory a run of its own (resumable, or finished): never overwritten by a new run
+_RUN_FILES = ("checkpoint.pt", "summary.json")
+
+
+def _check_out_dir(cfg: TrainConfig) -> None:
+    """A new run (no --resume) must not write over the checkpoint or the results of another run."""
+    if os.path.exists(cfg.out) and not os.path.isdir(cfg.out):
+        raise ValueError(f"--out {cfg.out!r} is a file, not a run directory")
+    if cfg.resume:
+        return
+    found = [f for f in _RUN_FILES if os.path.isfile(os.path.join(cfg.out, f))]
+    if found:
+        raise ValueError(f"run directory {cfg.out!r} already holds a run ({', '.join(found)}); pass --resume "
+                         "to continue it, or choose another --out")
 
 
 def _barrier(world_size: int) -> None:
@@ -215,13 +253,21 @@ def _set_rng_state(state: dict, aug_gen: torch.Generator, device: torch.device) 
 
 
 def contrastive_loss(model: nn.Module, x1, x2, temperature: float, group, amp_dtype) -> torch.Tensor:
-    """NT-Xent of the projections of both views; one forward pass over the 2N sequences."""
+    """NT-Xent of the projections of both views; one forward pass over the 2N sequences.
+
+    Projections holding NaN or Inf (on any rank) raise NonFiniteLossError: the loss cannot be formed.
+    """
     from skelcl.ops import ntxent_loss
 
     with torch.autocast(x1.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
         z = model(torch.cat([x1, x2]))
     z1, z2 = z.float().chunk(2)
-    return ntxent_loss(z1, z2, temperature, group=group)
+    try:
+        return ntxent_loss(z1, z2, temperature, group=group)
+    except ValueError as exc:  # the loss checks its inputs for NaN/Inf (on every rank alike)
+        if "NaN or Inf" in str(exc):
+            raise NonFiniteLossError(f"the projections hold NaN or Inf ({exc})") from exc
+        raise
 
 
 # ---------------------------------------------------------------------------------------------
@@ -267,17 +313,18 @@ class TrainStep:
 
     def __init__(self, model: nn.Module, optimizer, scheduler, sampler, *, frames: int, temperature: float,
                  generator: torch.Generator, amp_dtype: torch.dtype | None = None, scaler=None, group=None,
-                 world_size: int = 1):
+                 world_size: int = 1, center_joint: int = 1):
         self.model, self.optimizer, self.scheduler, self.sampler = model, optimizer, scheduler, sampler
         self.frames, self.temperature, self.generator = frames, temperature, generator
         self.amp_dtype, self.scaler, self.group, self.world_size = amp_dtype, scaler, group, world_size
+        self.center_joint = center_joint  # the layout's body centre, the origin of both views
 
     def __call__(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         from skelcl.data.temporal import sample_frames
         from skelcl.ops import two_views
 
         x = sample_frames(x, lengths, self.frames, generator=self.generator, random_crop=True)
-        x1, x2 = two_views(x, self.sampler, generator=self.generator)
+        x1, x2 = two_views(x, self.sampler, generator=self.generator, center_joint=self.center_joint)
         loss = contrastive_loss(self.model, x1, x2, self.temperature, self.group, self.amp_dtype)
         # Each rank's backward already yields its share of the exact global-loss gradient
         # (skelcl.ops.ntxent_loss with a group); DDP averages over ranks, so scale by the
@@ -299,12 +346,14 @@ class TrainStep:
 def _run(cfg: TrainConfig, info, data=None) -> dict:
     from skelcl.data.loader import BatchLoader
     from skelcl.evaluate import ProbeConfig, evaluate_encoder, random_encoder
+    from skelcl.layouts import get_layout
     from skelcl.models import ContrastiveModel, build_encoder
     from skelcl.optim import LARS, scaled_lr, warmup_cosine
     from skelcl.views import get_sampler
 
     rank, world = info.rank, info.world_size
-    device = info.device if world > 1 or cfg.device == "auto" else torch.device(cfg.device)
+    device = info.device if world > 1 or cfg.device == "auto" else _device(cfg.device)
+    _check_out_dir(cfg)
     if device.type == "cpu":  # no page faults on every step's fresh activation buffers (skelcl.hostmem)
         from skelcl.hostmem import retain_freed_host_memory
 
@@ -356,13 +405,21 @@ def _run(cfg: TrainConfig, info, data=None) -> dict:
             sched.load_state_dict(state["scheduler"])
             if scaler is not None and state.get("scaler"):
                 scaler.load_state_dict(state["scaler"])
-            _set_rng_state(state["rng"][rank], aug_gen, device)
+            saved_rng = state["rng"]  # one entry per process of the run that wrote the checkpoint
+            if len(saved_rng) != world and info.is_main:
+                print(f"--resume: the checkpoint was written by {len(saved_rng)} process(es), this run has "
+                      f"{world}; the batches are the same, the augmentation draws differ from an "
+                      "uninterrupted run", file=sys.stderr)
+            if rank < len(saved_rng):
+                _set_rng_state(saved_rng[rank], aug_gen, device)
             epoch, batch_in_epoch, step = state["epoch"], state["batch"], state["step"]
             pretrain_s, seen = state["pretrain_seconds"], state["sequences_seen"]
             log.truncate_after(step)
             if info.is_main:
                 print(f"resumed from {log.checkpoint_path} at step {step} "
                       f"(epoch {epoch}, batch {batch_in_epoch})")
+    if step == 0 and os.path.isfile(log.path("metrics.jsonl")):
+        log.truncate_after(0)  # training records of a run stopped before its first checkpoint: redone now
     resolved = dataclasses.asdict(cfg) | {"lr_resolved": lr, "world_size": world, "device": str(device),
                                           "layout_resolved": layout, "amp_mode": amp_note,
                                           "steps_per_epoch": steps_per_epoch, "total_steps": total_steps,
@@ -385,7 +442,7 @@ def _run(cfg: TrainConfig, info, data=None) -> dict:
 
     train_step = TrainStep(step_model, opt, sched, sampler, frames=cfg.frames, temperature=cfg.temperature,
                            generator=aug_gen, amp_dtype=amp_dtype, scaler=scaler, group=group,
-                           world_size=world)
+                           world_size=world, center_joint=get_layout(layout).center)
 
     def checkpoint(next_epoch: int, next_batch: int) -> None:
         rng = _gather_objects(_rng_state(aug_gen, device), world)
@@ -409,6 +466,10 @@ def _run(cfg: TrainConfig, info, data=None) -> dict:
 
     last_loss = [float("nan")]
 
+    def kept() -> str:
+        return f"{log.checkpoint_path} is the last good checkpoint" if os.path.isfile(
+            log.checkpoint_path) else "no checkpoint was written yet"
+
     def flush(t_last: float, seen_last: int) -> None:
         """Check the pending losses for NaN/Inf and write one metrics record."""
         if not pending:
@@ -416,9 +477,7 @@ def _run(cfg: TrainConfig, info, data=None) -> dict:
         values = torch.stack([loss for _, loss in pending]).tolist()
         for (s, _), v in zip(pending, values):
             if not math.isfinite(v):
-                kept = f"{log.checkpoint_path} is the last good checkpoint" if os.path.isfile(
-                    log.checkpoint_path) else "no checkpoint was written yet"
-                raise NonFiniteLossError(f"loss is {v} at step {s} (epoch {epoch}); stopping. {kept}")
+                raise NonFiniteLossError(f"loss is {v} at step {s} (epoch {epoch}); stopping. {kept()}")
         dt = max(time.perf_counter() - t_last, 1e-9)
         last_loss[0] = sum(values) / len(values)
         log.log({"kind": "train", "step": pending[-1][0], "epoch": epoch, "loss": last_loss[0],
@@ -436,7 +495,12 @@ def _run(cfg: TrainConfig, info, data=None) -> dict:
         batches = loader.iter_from(epoch, batch_in_epoch)
         try:
             for x, _y, lengths in batches:
-                loss = train_step(x, lengths)
+                try:
+                    loss = train_step(x, lengths)
+                except NonFiniteLossError as exc:
+                    flush(t_last, seen_last)  # an earlier step's non-finite loss is the one to report
+                    raise NonFiniteLossError(f"{exc} at step {step + 1} (epoch {epoch}); stopping. "
+                                             f"{kept()}") from exc
                 step += 1
                 batch_in_epoch += 1
                 seen += cfg.batch_size
