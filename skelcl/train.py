@@ -208,13 +208,17 @@ def _device(name: str) -> torch.device:
 _RUN_FILES = ("checkpoint.pt", "summary.json")
 
 
+def _run_files(out: str) -> list[str]:
+    return [f for f in _RUN_FILES if os.path.isfile(os.path.join(out, f))]
+
+
 def _check_out_dir(cfg: TrainConfig) -> None:
     """A new run (no --resume) must not write over the checkpoint or the results of another run."""
     if os.path.exists(cfg.out) and not os.path.isdir(cfg.out):
         raise ValueError(f"--out {cfg.out!r} is a file, not a run directory")
     if cfg.resume:
         return
-    found = [f for f in _RUN_FILES if os.path.isfile(os.path.join(cfg.out, f))]
+    found = _run_files(cfg.out)
     if found:
         raise ValueError(f"run directory {cfg.out!r} already holds a run ({', '.join(found)}); pass --resume "
                          "to continue it, or choose another --out")
@@ -608,7 +612,8 @@ def _parser() -> argparse.ArgumentParser:
                                        "no-alpha, distance-only, none")
     a("--amp", action="store_true", help="bfloat16 autocast (float16 + GradScaler on GPUs without bf16)")
     a("--compile", action="store_true", help="torch.compile the model")
-    a("--out", default=d.out, help="run directory")
+    a("--out", default=None, help=f"run directory (default: {d.out}, or {d.out}-2, -3, ... when it holds "
+                                  "a run; with --resume the last of these)")
     a("--resume", action="store_true", help="continue from the run directory's last checkpoint")
     a("--seed", type=int, default=d.seed)
     a("--device", default=d.device)
@@ -654,8 +659,23 @@ def _parse_key_values(text: str) -> dict:
     return out
 
 
+def default_run_dir(resume: bool) -> str:
+    """The run directory when ``--out`` is not given: ``runs/default``, else ``runs/default-2``, -3, ...
+    A new run takes the first that holds no run (so running the main job again keeps the last
+    results); ``--resume`` takes the last one that does."""
+    def numbered(i: int) -> str:
+        return TrainConfig.out if i == 1 else f"{TrainConfig.out}-{i}"
+
+    i = 1
+    while _run_files(numbered(i)):
+        i += 1
+    return numbered(max(1, i - 1)) if resume else numbered(i)
+
+
 def config_from_args(argv=None) -> TrainConfig:
     args = _parser().parse_args(argv)
+    if args.out is None:  # every torchrun process resolves it before any of them creates a directory
+        args.out = default_run_dir(args.resume)
     values = {k: v for k, v in vars(args).items()
               if k not in ("no_eval", "no_progress", "synthetic")}
     values["evaluate"] = not args.no_eval

@@ -75,6 +75,23 @@ def test_a_new_run_never_writes_over_another_run(tmp_path, cache_dir):
     assert a_file.read_text() == "keep me"
 
 
+def test_the_default_run_directory_moves_on_instead_of_refusing(tmp_path, monkeypatch):
+    from skelcl.train import config_from_args
+
+    monkeypatch.chdir(tmp_path)
+    assert config_from_args([]).out == "runs/default"
+    assert config_from_args(["--resume"]).out == "runs/default"
+    os.makedirs("runs/default")
+    (tmp_path / "runs/default/summary.json").write_text("{}")
+    assert config_from_args([]).out == "runs/default-2"  # the main job run twice keeps both results
+    assert config_from_args(["--resume"]).out == "runs/default"
+    os.makedirs("runs/default-2")
+    (tmp_path / "runs/default-2/checkpoint.pt").write_bytes(b"interrupted")
+    assert config_from_args([]).out == "runs/default-3"
+    assert config_from_args(["--resume"]).out == "runs/default-2"  # the last run, to continue it
+    assert config_from_args(["--out", "runs/default"]).out == "runs/default"  # named: refused later
+
+
 def test_resume_without_a_checkpoint_redoes_the_logged_steps_once(tmp_path, cache_dir):
     """A run killed before its first checkpoint left training records; starting over logs each step once."""
     with open(tmp_path / "metrics.jsonl", "w") as f:
