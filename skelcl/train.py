@@ -261,17 +261,15 @@ def contrastive_loss(model: nn.Module, x1, x2, temperature: float, group, amp_dt
 
     Projections holding NaN or Inf (on any rank) raise NonFiniteLossError: the loss cannot be formed.
     """
-    from skelcl.ops import ntxent_loss
+    from skelcl.ops import NonFiniteInputError, ntxent_loss
 
     with torch.autocast(x1.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
         z = model(torch.cat([x1, x2]))
     z1, z2 = z.float().chunk(2)
     try:
         return ntxent_loss(z1, z2, temperature, group=group)
-    except ValueError as exc:  # the loss checks its inputs for NaN/Inf (on every rank alike)
-        if "NaN or Inf" in str(exc):
-            raise NonFiniteLossError(f"the projections hold NaN or Inf ({exc})") from exc
-        raise
+    except NonFiniteInputError as exc:  # the loss checks its inputs (on every rank alike)
+        raise NonFiniteLossError(f"the projections hold NaN or Inf ({exc})") from exc
 
 
 # ---------------------------------------------------------------------------------------------

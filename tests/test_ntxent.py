@@ -9,8 +9,8 @@ import torch
 
 from skelcl import reference as ref
 from skelcl.losses import NTXentLoss
+from skelcl.ops import NonFiniteInputError, ntxent_loss
 from skelcl.ops import ntxent as ntxent_mod
-from skelcl.ops import ntxent_loss
 
 # Relative tolerances (error / largest reference magnitude) per input dtype: bf16 inputs give bf16
 # gradients (8-bit mantissa) and the Triton backward multiplies the softmax weights in bf16.
@@ -334,5 +334,6 @@ def test_nonfinite_input_names_the_tensor(backend, bad, which, request):
     device = request.getfixturevalue("triton_device") if backend == "triton" else "cpu"
     z = {"z1": torch.randn(3, 8, device=device), "z2": torch.randn(3, 8, device=device)}
     z[which][1, 2] = bad
-    with pytest.raises(ValueError, match=f"{which} contains NaN or Inf"):
+    with pytest.raises(NonFiniteInputError, match=f"{which} contains NaN or Inf") as raised:
         ntxent_loss(z["z1"], z["z2"], 0.1, backend=backend)
+    assert isinstance(raised.value, ValueError)  # callers that check arguments catch it too

@@ -15,6 +15,7 @@ _EXPORTS = {
     "view_augment": "skelcl.ops.augment",
     "two_views": "skelcl.ops.augment",
     "ntxent_loss": "skelcl.ops.ntxent",
+    "NonFiniteInputError": "skelcl.ops.ntxent",
 }
 __all__ = sorted(_EXPORTS)
 

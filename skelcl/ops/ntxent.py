@@ -40,9 +40,15 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-__all__ = ["ntxent_loss", "BACKENDS"]
+__all__ = ["ntxent_loss", "NonFiniteInputError", "BACKENDS"]
 
 BACKENDS = ("auto", "triton", "cpu", "torch")
+
+
+class NonFiniteInputError(ValueError):
+    """z1 or z2 holds NaN or Inf (on some rank): the loss cannot be formed. A ValueError, so that
+    callers checking arguments catch it; its own class lets a training loop tell a diverged model
+    from a wrong call."""
 _LN2 = math.log(2.0)
 _LOG2E = 1.0 / _LN2
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
@@ -201,7 +207,7 @@ def _ntxent_fwd(z1: Tensor, z2: Tensor, temperature: float, normalize: bool, bac
     zh, inv, sumsq = _normalize(backend, z1, z2, normalize, allow_tf32)
     problem = _nonfinite_message(sumsq, n)
     if problem:
-        raise ValueError(problem)
+        raise NonFiniteInputError(problem)
     lse, terms = _forward(backend, zh, zh, n, 0, n, temperature, allow_tf32, normalize)
     return (terms.sum() / (2 * n)).to(z1.dtype), zh, inv, lse
 
@@ -272,10 +278,10 @@ class _GlobalNTXent(torch.autograd.Function):
         info = torch.tensor([n, problem is not None], dtype=torch.int64, device=z1.device)
         infos = torch.stack(_gather_rows(info, group)).cpu()
         if problem:
-            raise ValueError(problem)
+            raise NonFiniteInputError(problem)
         if bool(infos[:, 1].any()):
             bad = infos[:, 1].nonzero().flatten().tolist()
-            raise ValueError(f"z1 or z2 contains NaN or Inf on rank(s) {bad}")
+            raise NonFiniteInputError(f"z1 or z2 contains NaN or Inf on rank(s) {bad}")
         if bool((infos[:, 0] != n).any()):
             sizes = infos[:, 0].tolist()
             raise ValueError(f"z1 and z2 must have the same batch size N on every rank, got {sizes}")
@@ -309,7 +315,7 @@ def _naive(z1: Tensor, z2: Tensor, temperature: float, normalize: bool) -> Tenso
     z = torch.cat([z1, z2])
     if not bool(torch.isfinite(z).all()):
         which = "z1" if not bool(torch.isfinite(z1).all()) else "z2"
-        raise ValueError(f"{which} contains NaN or Inf")
+        raise NonFiniteInputError(f"{which} contains NaN or Inf")
     if normalize:
         z = torch.nn.functional.normalize(z, dim=1)
     logits = (z @ z.T / temperature).fill_diagonal_(float("-inf"))
