@@ -224,6 +224,18 @@ def _check_out_dir(cfg: TrainConfig) -> None:
                          "to continue it, or choose another --out")
 
 
+def _all_finite(model: nn.Module) -> bool:
+    """Whether every floating-point parameter and buffer is finite (one device sync)."""
+    tensors = [t for t in (*model.parameters(), *model.buffers()) if t.is_floating_point()]
+    return not tensors or bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all())
+
+
+def _last_logged_loss(log: RunLog) -> float:
+    """The last training loss in the run's metrics (a resumed run that had no step left to do)."""
+    losses = [r["loss"] for r in log.read_metrics() if r.get("kind") == "train" and "loss" in r]
+    return losses[-1] if losses else float("nan")
+
+
 def _barrier(world_size: int) -> None:
     if world_size > 1:
         from skelcl.dist import barrier
@@ -447,6 +459,11 @@ def _run(cfg: TrainConfig, info, data=None) -> dict:
                            world_size=world, center_joint=get_layout(layout).center)
 
     def checkpoint(next_epoch: int, next_batch: int) -> None:
+        # A step can turn the weights non-finite while its own loss was still finite: never let such
+        # weights replace the last good checkpoint (every rank holds the same weights, so all raise).
+        if not _all_finite(raw_model):
+            raise NonFiniteLossError(f"the weights or BN statistics hold NaN or Inf after step {step} "
+                                     f"(epoch {epoch}); stopping. {kept()}")
         rng = _gather_objects(_rng_state(aug_gen, device), world)
         if info.is_main:
             log.save_checkpoint({
@@ -541,7 +558,7 @@ def _run(cfg: TrainConfig, info, data=None) -> dict:
         "steps": step, "world_size": world, "device": str(device), "amp": amp_note,
         "train_sequences": len(train_set), "test_sequences": len(test_set),
         "pretrain_seconds": pretrain_s, "sequences_per_second": seen / max(pretrain_s, 1e-9),
-        "final_loss": last_loss[0],
+        "final_loss": last_loss[0] if math.isfinite(last_loss[0]) else _last_logged_loss(log),
     } | ({"extra": cfg.extra} if cfg.extra else {})
 
     if cfg.evaluate and info.is_main:

@@ -56,6 +56,37 @@ def test_nonfinite_projections_stop_the_run_naming_the_step(tmp_path, cache_dir,
     assert all(torch.isfinite(t).all() for t in state["model"].values() if t.is_floating_point())
 
 
+def test_weights_turned_nonfinite_by_a_finite_loss_step_never_replace_the_checkpoint(
+        tmp_path, cache_dir, monkeypatch):
+    """The update of step 4 makes a weight NaN while step 4's loss is finite: the checkpoint due
+    after it is refused and the one written at the end of the first epoch (step 3) stays."""
+    from skelcl.optim import LARS
+
+    real_step = LARS.step
+    steps = []
+
+    def poisoning_step(self, *args, **kwargs):
+        out = real_step(self, *args, **kwargs)
+        steps.append(1)
+        if len(steps) == 4:
+            self.param_groups[0]["params"][0].data[0] = float("nan")
+        return out
+
+    monkeypatch.setattr(LARS, "step", poisoning_step)
+    with pytest.raises(NonFiniteLossError, match="weights or BN statistics hold NaN or Inf after step 4"):
+        run(tiny_config(tmp_path, cache_dir, checkpoint_every=2, log_every=10))
+    state = runlog.load_checkpoint(str(tmp_path / "checkpoint.pt"))
+    assert state["step"] == 3
+    assert all(torch.isfinite(t).all() for t in state["model"].values() if t.is_floating_point())
+
+
+def test_resuming_a_finished_run_keeps_its_final_loss(tmp_path, cache_dir):
+    first = run(tiny_config(tmp_path, cache_dir))
+    again = run(tiny_config(tmp_path, cache_dir, resume=True))
+    assert again["steps"] == first["steps"]
+    assert again["final_loss"] == pytest.approx(first["final_loss"])
+
+
 def test_a_new_run_never_writes_over_another_run(tmp_path, cache_dir):
     out = tmp_path / "run"
     out.mkdir()
