@@ -236,13 +236,6 @@ def _last_logged_loss(log: RunLog) -> float:
     return losses[-1] if losses else float("nan")
 
 
-def _barrier(world_size: int) -> None:
-    if world_size > 1:
-        from skelcl.dist import barrier
-
-        barrier()
-
-
 def _gather_objects(obj, world_size: int) -> list:
     """Every rank's ``obj`` on every rank (checkpoints store each rank's random state)."""
     if world_size == 1:
@@ -594,7 +587,9 @@ def _run(cfg: TrainConfig, info, data=None) -> dict:
     log.write_summary(summary)
     log.plot()
     log.close()
-    _barrier(world)
+    # No barrier here: the other ranks would wait in it for the whole evaluation, which on CPU and
+    # NTU-sized data can outlast gloo's 30-minute (NCCL's 10-minute) collective timeout. They have
+    # nothing left to do; torchrun waits for every process anyway.
     return summary
 
 
