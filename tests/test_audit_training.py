@@ -49,10 +49,14 @@ def test_nonfinite_projections_stop_the_run_naming_the_step(tmp_path, cache_dir,
         return real(model, x1, x2, *args, **kwargs)
 
     monkeypatch.setattr(train_module, "contrastive_loss", diverging)
-    with pytest.raises(NonFiniteLossError, match="step 5"):
+    _assert_stops_keeping_a_good_checkpoint(tmp_path, cache_dir, "step 5", good_step=4)
+
+
+def _assert_stops_keeping_a_good_checkpoint(tmp_path, cache_dir, match: str, good_step: int) -> None:
+    with pytest.raises(NonFiniteLossError, match=match):
         run(tiny_config(tmp_path, cache_dir, checkpoint_every=2, log_every=10))
     state = runlog.load_checkpoint(str(tmp_path / "checkpoint.pt"))
-    assert state["step"] == 4
+    assert state["step"] == good_step
     assert all(torch.isfinite(t).all() for t in state["model"].values() if t.is_floating_point())
 
 
@@ -73,11 +77,8 @@ def test_weights_turned_nonfinite_by_a_finite_loss_step_never_replace_the_checkp
         return out
 
     monkeypatch.setattr(LARS, "step", poisoning_step)
-    with pytest.raises(NonFiniteLossError, match="weights or BN statistics hold NaN or Inf after step 4"):
-        run(tiny_config(tmp_path, cache_dir, checkpoint_every=2, log_every=10))
-    state = runlog.load_checkpoint(str(tmp_path / "checkpoint.pt"))
-    assert state["step"] == 3
-    assert all(torch.isfinite(t).all() for t in state["model"].values() if t.is_floating_point())
+    _assert_stops_keeping_a_good_checkpoint(
+        tmp_path, cache_dir, "weights or BN statistics hold NaN or Inf after step 4", good_step=3)
 
 
 def test_resuming_a_finished_run_keeps_its_final_loss(tmp_path, cache_dir):
