@@ -140,6 +140,8 @@ def _load_data(cfg: TrainConfig, data=None):
     if data is not None:
         if not isinstance(data, SkeletonArrays):
             raise ValueError(f"data must be a SkeletonArrays, got {type(data).__name__}")
+        if cfg.layout is not None and cfg.layout != data.layout:  # a copy: the caller's object is kept
+            data = dataclasses.replace(data, layout=cfg.layout)
     elif cfg.data != "synthetic" and not os.path.exists(cfg.data):
         raise ValueError(f"data path {cfg.data!r} does not exist")
     else:

@@ -142,6 +142,18 @@ def test_a_layout_that_does_not_fit_the_data_fails_before_training(tmp_path, cac
     assert not out.exists()
 
 
+def test_layout_applies_to_in_memory_data_without_changing_the_callers_object(tmp_path):
+    from skelcl.train import _load_data
+
+    rng = np.random.default_rng(0)
+    data = SkeletonArrays(x=rng.standard_normal((8, 3, 6, 25, 2)).astype(np.float32),
+                          y=np.arange(8) % 2, layout="ntu25", num_classes=2)
+    cfg = TrainConfig(out=str(tmp_path), layout="coco17", benchmark="given")
+    with pytest.raises(ValueError, match="layout 'coco17' has 17 joints"):
+        _load_data(cfg, data)
+    assert data.layout == "ntu25"
+
+
 def test_bad_device_and_seed_are_reported_by_name(tmp_path, cache_dir):
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="CUDA is not available"):
