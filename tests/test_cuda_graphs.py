@@ -119,6 +119,50 @@ def test_lars_step_replay_matches_eager(options):
     _graph_vs_eager(model, lambda m: LARS(m.parameters(), lr=0.5, **options), batches, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("options", [dict(), dict(nesterov=True, clip=True)])
+def test_lars_with_a_tensor_lr_follows_its_schedule_across_replays(options):
+    """The schedule steps between replays by writing the device lr in place: the replayed steps
+    read the current rate, as the eager steps with a float lr do."""
+    from skelcl.optim import warmup_cosine
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, (3, 1), padding=(1, 0)), nn.BatchNorm2d(8), nn.ReLU(),
+                          nn.Flatten(), nn.Linear(8 * 9 * 5, 4)).cuda()
+    batches = [(torch.randn(6, 3, 9, 5, device="cuda"), torch.randn(6, 4, device="cuda")) for _ in range(8)]
+    eager, graphed = model, copy.deepcopy(model)
+    eager_opt = LARS(eager.parameters(), lr=0.5, **options)
+    graphed_opt = LARS(graphed.parameters(), lr=torch.tensor(0.5, device="cuda"), **options)
+    eager_sched, graphed_sched = (warmup_cosine(o, base_lr=0.5, warmup_steps=3, total_steps=8)
+                                  for o in (eager_opt, graphed_opt))
+    for x, y in batches:
+        _train_step(eager, eager_opt, x, y)
+        eager_sched.step()
+
+    static_x, static_y = batches[0][0].clone(), batches[0][1].clone()
+    warm = iter(batches[:2])
+
+    def step():
+        if (batch := next(warm, None)) is not None:
+            static_x.copy_(batch[0])
+            static_y.copy_(batch[1])
+        loss = _train_step(graphed, graphed_opt, static_x, static_y)
+        if not torch.cuda.is_current_stream_capturing():  # warm-up steps: the schedule moves on
+            graphed_sched.step()
+        return loss
+
+    graphed_opt.zero_grad(set_to_none=True)
+    graph, _ = capture(step, warmup=2)
+    for x, y in batches[2:]:
+        static_x.copy_(x)
+        static_y.copy_(y)
+        graph.replay()
+        graphed_sched.step()
+    torch.cuda.synchronize()
+    assert graphed_opt.param_groups[0]["lr"].item() == pytest.approx(eager_opt.param_groups[0]["lr"])
+    for (name, a), b in zip(eager.named_parameters(), graphed.parameters()):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5, msg=lambda m, n=name: f"{n}: {m}")
+
+
 def test_stgcn_train_step_replay_matches_eager():
     torch.manual_seed(0)
     model = STGCN(widths=(8, 8, 16, 16), num_classes=5).cuda()

@@ -553,7 +553,10 @@ def test_closure_returns_loss(rng):
 @pytest.mark.parametrize("kwargs, word", [
     (dict(lr=-1.0), "lr"),
     (dict(lr=float("nan")), "lr"),
-    (dict(lr=torch.tensor(0.1)), "lr"),
+    (dict(lr=torch.tensor([0.1])), "lr"),  # a tensor lr must be 0-dim
+    (dict(lr=torch.tensor(1)), "lr"),  # ... and floating point
+    (dict(lr=torch.tensor(-0.1)), "lr"),
+    (dict(lr=torch.tensor(0.0), clip=True), "lr"),
     (dict(lr=0.1, momentum=-0.5), "momentum"),
     (dict(lr=0.1, weight_decay=-1e-4), "weight_decay"),
     (dict(lr=0.1, trust_coefficient=-1.0), "trust_coefficient"),
@@ -575,11 +578,13 @@ def test_bad_group_override_and_sparse_gradient():
 
 
 @pytest.mark.cuda
-def test_cuda_matches_reference_without_host_sync(rng):
+@pytest.mark.parametrize("lr_kind", ["float", "cuda tensor", "cpu tensor"])
+def test_cuda_matches_reference_without_host_sync(lr_kind, rng):
     net = make_net(torch.float32).cuda()
     ref_net = copy.deepcopy(net)
     batches = [(x.cuda(), y.cuda()) for x, y in make_batches(8, torch.float32, rng)]
-    opt = LARS(net.parameters(), lr=0.5, nesterov=True)
+    lr = {"float": 0.5, "cuda tensor": torch.tensor(0.5, device="cuda"), "cpu tensor": torch.tensor(0.5)}
+    opt = LARS(net.parameters(), lr=lr[lr_kind], nesterov=True)
     train(net, opt, batches[:2])  # first steps allocate buffers and copy the segment index
     train(ref_net, LARSReference(ref_net.parameters(), lr=0.5, nesterov=True), batches)
     torch.cuda.synchronize()
@@ -592,3 +597,41 @@ def test_cuda_matches_reference_without_host_sync(rng):
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert_nets_close(net, ref_net, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("config", [dict(), dict(nesterov=True), dict(clip=True, nesterov=True),
+                                    dict(lars_exclude=True), dict(lars_exclude=True, nesterov=True)],
+                         ids=config_id)
+def test_tensor_lr_follows_the_schedule_like_a_float_lr(config, path, rng):
+    """A 0-dim tensor lr, changed in place by the schedule, gives the steps of a float lr."""
+    from skelcl.optim import warmup_cosine
+
+    exclude = config.pop("lars_exclude", None)
+    nets = [make_net(torch.float64) for _ in range(2)]
+    opts = []
+    for net, lr in zip(nets, (0.7, torch.tensor(0.7, dtype=torch.float64))):
+        groups = [{"params": net.parameters(), **({"lars_exclude": exclude} if exclude else {})}]
+        opts.append(use_path(LARS(groups, lr=lr, **config), path))
+    lr_tensor = opts[1].param_groups[0]["lr"]
+    scheds = [warmup_cosine(opt, base_lr=0.7, warmup_steps=5, total_steps=20) for opt in opts]
+    batches = make_batches(20, torch.float64, rng)
+    for batch in batches:
+        for net, opt, sched in zip(nets, opts, scheds):
+            train(net, opt, [batch])
+            sched.step()
+        assert opts[1].param_groups[0]["lr"] is lr_tensor  # changed in place, never replaced
+        assert lr_tensor.item() == pytest.approx(opts[0].param_groups[0]["lr"], rel=1e-12)
+    assert_nets_close(nets[1], nets[0], rtol=1e-12, atol=1e-14)
+
+
+def test_tensor_lr_round_trips_through_state_dict(rng):
+    net = make_net(torch.float64)
+    opt = LARS(net.parameters(), lr=torch.tensor(0.3, dtype=torch.float64))
+    train(net, opt, make_batches(2, torch.float64, rng))
+    buffer = io.BytesIO()
+    torch.save(opt.state_dict(), buffer)
+    buffer.seek(0)
+    other = LARS(make_net(torch.float64).parameters(), lr=torch.tensor(0.9, dtype=torch.float64))
+    other.load_state_dict(torch.load(buffer))
+    assert torch.is_tensor(other.param_groups[0]["lr"]) and other.param_groups[0]["lr"].item() == 0.3

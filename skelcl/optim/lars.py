@@ -37,7 +37,10 @@ class LARS(torch.optim.Optimizer):
     dtype, a handful of ``torch._foreach_*`` calls update all tensors, the per-tensor norms come
     from ``torch._foreach_norm``, and the trust ratios stay on the device as one tensor (the
     zero-norm rule is a ``torch.where``). Nothing reads a tensor value on the host, so a step
-    never waits for the device. ``lr`` and the other hyper-parameters must be Python numbers.
+    never waits for the device. The hyper-parameters are Python numbers, except ``lr``, which may
+    also be a 0-dim floating-point tensor on the parameters' device (or on the CPU): a schedule then
+    changes its value in place (``torch.optim.lr_scheduler`` does), so a step captured in a CUDA graph
+    or compiled with ``torch.compile`` reads the current rate instead of a baked-in number.
     Gradients are not modified. On CPU, float32 and float64 groups of contiguous tensors go to a
     fused C++/OpenMP kernel instead (``torch.ops.skelcl.lars_step_``, built from csrc/lars.cpp on
     first use): per tensor, one pass reads ``w`` and ``g`` for both norms (in double) and a second
@@ -74,12 +77,12 @@ class LARS(torch.optim.Optimizer):
     def __init__(self, params, lr: float, momentum: float = 0.9, weight_decay: float = 1e-6,
                  trust_coefficient: float = 1e-3, eps: float = 0.0, exclude_bias_and_norm: bool = True,
                  clip: bool = False, nesterov: bool = False):
-        _check_number("lr", lr, minimum=0.0)
+        _check_lr(lr)
         _check_number("momentum", momentum, minimum=0.0)
         _check_number("weight_decay", weight_decay, minimum=0.0)
         _check_number("trust_coefficient", trust_coefficient, minimum=0.0)
         _check_number("eps", eps, minimum=0.0)
-        if clip and lr == 0:
+        if clip and float(lr) == 0:
             raise ValueError("lr: must be positive with clip=True (the LARC clip divides by lr)")
         defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay,
                         trust_coefficient=trust_coefficient, eps=eps,
@@ -164,7 +167,7 @@ class LARS(torch.optim.Optimizer):
                                    for (device, dtype), (adapted, excluded) in buckets.items()])
 
     def _update(self, group: dict, bucket: _Bucket, grads: list[Tensor], bufs: list[Tensor]) -> None:
-        lr, m = group["lr"], group["momentum"]
+        lr, m = _lr_on(group["lr"], bucket.device), group["momentum"]
         params = bucket.params
         if bucket.fusable and self._fused_cpu:
             op = _cpu_op()
@@ -182,10 +185,10 @@ class LARS(torch.optim.Optimizer):
             torch._foreach_mul_(bufs, m)
             torch._foreach_add_(bufs, grads)
             if group["nesterov"]:  # w - lr * (g + m * v) as w - lr * g - lr * m * v: no temporaries
-                torch._foreach_add_(params, grads, alpha=-lr)
-                torch._foreach_add_(params, bufs, alpha=-lr * m)
+                _sub_scaled(params, grads, lr)
+                _sub_scaled(params, bufs, lr * m)
             else:
-                torch._foreach_add_(params, bufs, alpha=-lr)
+                _sub_scaled(params, bufs, lr)
             return
         # u = g + wd * w for the adapted tensors (new tensors: p.grad stays untouched), g otherwise.
         u = list(torch._foreach_add(grads[:n], params[:n], alpha=group["weight_decay"]))
@@ -194,10 +197,13 @@ class LARS(torch.optim.Optimizer):
         torch._foreach_mul_(bufs, m)
         torch._foreach_addcmul_(bufs, u, scale)  # v <- m * v + trust * u in one pass
         if group["nesterov"]:  # w - lr * (trust * u + m * v), as two updates of w: no temporaries
-            torch._foreach_addcmul_(params, u, scale, value=-lr)
-            torch._foreach_add_(params, bufs, alpha=-lr * m)
+            if isinstance(lr, Tensor):
+                _sub_scaled(params, torch._foreach_mul(u, scale), lr)
+            else:
+                torch._foreach_addcmul_(params, u, scale, value=-lr)
+            _sub_scaled(params, bufs, lr * m)
         else:
-            torch._foreach_add_(params, bufs, alpha=-lr)
+            _sub_scaled(params, bufs, lr)
 
     def _scale(self, group: dict, bucket: _Bucket, w_and_u: list[Tensor]) -> list[Tensor]:
         """One multiplier per tensor of the bucket: the trust ratios of the adapted ones, then 1s.
@@ -210,6 +216,7 @@ class LARS(torch.optim.Optimizer):
         the buffer.
         """
         n = bucket.n_adapted
+        lr = _lr_on(group["lr"], bucket.device)
         trust, head, one = bucket.trust_buffer()
         norms = torch.stack(torch._foreach_norm(w_and_u))  # ||w|| of the adapted tensors, then ||u||
         if norms.dtype in (torch.float16, torch.bfloat16):
@@ -220,9 +227,9 @@ class LARS(torch.optim.Optimizer):
         valid = torch.minimum(w_norm, g_norm) > 0
         if ratio.dtype != trust.dtype:  # float16 / bfloat16 parameters
             ratio = torch.where(valid, ratio, 1.0)
-            head.copy_(torch.clamp(ratio / group["lr"], max=1.0) if group["clip"] else ratio)
+            head.copy_(torch.clamp(ratio / lr, max=1.0) if group["clip"] else ratio)
         elif group["clip"]:
-            torch.clamp(torch.where(valid, ratio, 1.0).div_(group["lr"]), max=1.0, out=head)
+            torch.clamp(torch.where(valid, ratio, 1.0).div_(lr), max=1.0, out=head)
         else:
             torch.where(valid, ratio, one, out=head)
         flat = self._broadcast == "flat" or (self._broadcast == "auto" and bucket.device.type == "cuda")
@@ -320,6 +327,35 @@ def _cpu_op():
         ok = load_extension("skelcl_lars", ("lars.cpp",)) is not None
         _CPU_OP.append(torch.ops.skelcl.lars_step_.default if ok else None)
     return _CPU_OP[0]
+
+
+def _check_lr(lr) -> None:
+    if isinstance(lr, Tensor):
+        if lr.dim() != 0 or not lr.is_floating_point():
+            raise ValueError(f"lr: a tensor lr must be a 0-dim floating-point tensor, got shape "
+                             f"{tuple(lr.shape)} and dtype {lr.dtype}")
+        _check_number("lr", float(lr), minimum=0.0)  # read once, here
+    else:
+        _check_number("lr", lr, minimum=0.0)
+
+
+def _lr_on(lr, device: torch.device):
+    """The step's learning rate for a bucket on ``device``: a Python number, or a 0-dim tensor on
+    that device (a CPU tensor for another device is read as a number: no device sync)."""
+    if not isinstance(lr, Tensor) or lr.device == device:
+        return lr
+    if lr.device.type == "cpu":
+        return lr.item()
+    raise ValueError(f"lr: a tensor lr must be on the parameters' device ({device}) or the CPU, "
+                     f"got {lr.device}")
+
+
+def _sub_scaled(params: list[Tensor], tensors: list[Tensor], scale) -> None:
+    """params -= scale * tensors, for a Python number or a 0-dim tensor ``scale``."""
+    if isinstance(scale, Tensor):
+        torch._foreach_sub_(params, torch._foreach_mul(tensors, scale))
+    else:
+        torch._foreach_add_(params, tensors, alpha=-scale)
 
 
 def _check_number(name: str, value, minimum: float) -> None:
