@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -20,6 +21,7 @@ __all__ = [
     "init_distributed",
     "is_main_process",
     "barrier",
+    "wait_for_all",
     "cleanup",
     "convert_sync_batchnorm",
     "GlooSyncBatchNorm",
@@ -64,7 +66,24 @@ def init_distributed(backend: str | None = None) -> DistInfo:
         device = torch.device("cpu")
     if world > 1 and not dist.is_initialized():
         dist.init_process_group(backend or ("nccl" if cuda else "gloo"), rank=rank, world_size=world)
+    if world > 1 and not _WAIT_GROUP:
+        # created now, by every rank together; wait_for_all's barrier runs on it
+        _WAIT_GROUP.append(dist.new_group(backend="gloo", timeout=_WAIT_TIMEOUT))
     return DistInfo(rank, world, local_rank, device, rank == 0)
+
+
+# A gloo group of its own for wait_for_all, so that the default group keeps its collective timeout
+# (30 min for gloo, 10 for NCCL), which is what catches a rank that hangs.
+_WAIT_GROUP: list = []
+_WAIT_TIMEOUT = timedelta(days=1)
+
+
+def wait_for_all() -> None:
+    """A barrier that outlasts long work on one rank (the main process's evaluation at the end of a
+    run, which on CPU and NTU-sized data can exceed the default group's timeout). A process that
+    left without it could abort in gloo's teardown while its peer still runs."""
+    if _WAIT_GROUP and dist.is_available() and dist.is_initialized():
+        dist.barrier(group=_WAIT_GROUP[0])
 
 
 def is_main_process() -> bool:
@@ -79,6 +98,7 @@ def barrier() -> None:
 def cleanup() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+    _WAIT_GROUP.clear()
 
 
 class _AllReduceSum(torch.autograd.Function):

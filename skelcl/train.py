@@ -587,9 +587,10 @@ def _run(cfg: TrainConfig, info, data=None) -> dict:
     log.write_summary(summary)
     log.plot()
     log.close()
-    # No barrier here: the other ranks would wait in it for the whole evaluation, which on CPU and
-    # NTU-sized data can outlast gloo's 30-minute (NCCL's 10-minute) collective timeout. They have
-    # nothing left to do; torchrun waits for every process anyway.
+    if world > 1:  # the other ranks wait here for the whole evaluation: a barrier with a long timeout
+        from skelcl.dist import wait_for_all
+
+        wait_for_all()
     return summary
 
 
