@@ -74,14 +74,10 @@ def center_sequences(x: Tensor, center_joint: int) -> Tensor:
     The normalisation both pretraining views start from (the ``none`` view); absent (all-zero)
     (frame, person) slots stay exactly zero. x: (N, 3, T, V, M).
     """
-    from skelcl import reference
+    from skelcl.ops import view_augment
 
-    if not 0 <= center_joint < x.shape[3]:
-        raise ValueError(f"center_joint={center_joint} is out of range for V={x.shape[3]} joints")
-    center = reference.body_center(x, center_joint)  # (N, 3)
-    present = reference.present_mask(x)[:, None, :, None, :]  # (N, 1, T, 1, M)
-    zero = torch.zeros((), dtype=x.dtype, device=x.device)
-    return torch.where(present, x - center[:, :, None, None, None], zero)
+    camera = x.new_zeros(x.shape[0], 3, dtype=torch.float32)  # no rotation, no shift: centring only
+    return view_augment(x, camera, camera, center_joint=center_joint)
 
 
 @torch.no_grad()
