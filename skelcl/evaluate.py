@@ -34,6 +34,7 @@ __all__ = [
     "evaluate_encoder",
     "encoder_from_checkpoint",
     "random_encoder",
+    "resolve_device",
     "main",
 ]
 
@@ -62,10 +63,22 @@ class ProbeConfig:
             raise ValueError(f"knn_k must be >= 1, got {self.knn_k}")
 
 
-def _device(device: str | torch.device | None) -> torch.device:
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``None`` or ``"auto"``: CUDA when available, else the CPU; otherwise the device named, or a
+    ValueError saying why it cannot be used on this machine."""
     if device is None or device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        resolved = torch.device(device)
+    except RuntimeError as exc:
+        raise ValueError(f"device {device!r} is not a device name ({exc})") from None
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device!r}: CUDA is not available on this machine")
+        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
+            count = torch.cuda.device_count()
+            raise ValueError(f"device {device!r}: this machine has {count} CUDA device(s)")
+    return resolved
 
 
 def center_sequences(x: Tensor, center_joint: int) -> Tensor:
@@ -97,7 +110,7 @@ def extract_features(
 
     if len(data) == 0:
         raise ValueError("data is empty: no sequences to extract features from")
-    device = _device(device)
+    device = resolve_device(device)
     was_training = encoder.training
     encoder.eval()
     loader = BatchLoader(data, batch_size, shuffle=False, drop_last=False, seed=0, rank=0, world_size=1,
@@ -301,13 +314,14 @@ def main(argv=None) -> dict:
     train, test = data.train_test(benchmark)
     probe = ProbeConfig(epochs=args.epochs, optimizer=args.optimizer, lr=args.lr, knn_k=args.knn_k,
                         seed=cfg.get("seed", 0))
-    encoder = encoder_from_checkpoint(state).to(_device(args.device))
-    kw = dict(frames=cfg["frames"], batch_size=args.batch_size, device=args.device, probe=probe)
+    device = resolve_device(args.device)
+    encoder = encoder_from_checkpoint(state).to(device)
+    kw = dict(frames=cfg["frames"], batch_size=args.batch_size, device=device, probe=probe)
     result = {"checkpoint": args.checkpoint, "data": data_spec, "benchmark": benchmark,
               "step": state.get("step")}
     result.update(evaluate_encoder(encoder, train, test, **kw))
     if not args.no_random_init:
-        base = random_encoder(state["encoder_spec"], data.layout, cfg.get("seed", 0)).to(_device(args.device))
+        base = random_encoder(state["encoder_spec"], data.layout, cfg.get("seed", 0)).to(device)
         r = evaluate_encoder(base, train, test, **kw)
         result.update(random_init_linear_top1=r["linear_top1"], random_init_knn_top1=r["knn_top1"],
                       random_init_linear_best_epoch_top1=r["linear_best_epoch_top1"])

@@ -190,20 +190,6 @@ def _amp_settings(cfg: TrainConfig, device: torch.device) -> tuple[torch.dtype |
     return torch.bfloat16, False, "bf16 autocast on CPU"
 
 
-def _device(name: str) -> torch.device:
-    """``--device`` as a torch.device, or a ValueError saying why it cannot be used here."""
-    try:
-        device = torch.device(name)
-    except RuntimeError as exc:
-        raise ValueError(f"device {name!r} is not a device name ({exc})") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"device {name!r}: CUDA is not available on this machine")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ValueError(f"device {name!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-    return device
-
-
 # files that make a directory a run of its own (resumable, or finished): never overwritten by a new run
 _RUN_FILES = ("checkpoint.pt", "summary.json")
 
@@ -352,14 +338,14 @@ class TrainStep:
 
 def _run(cfg: TrainConfig, info, data=None) -> dict:
     from skelcl.data.loader import BatchLoader
-    from skelcl.evaluate import ProbeConfig, evaluate_encoder, random_encoder
+    from skelcl.evaluate import ProbeConfig, evaluate_encoder, random_encoder, resolve_device
     from skelcl.layouts import get_layout
     from skelcl.models import ContrastiveModel, build_encoder
     from skelcl.optim import LARS, scaled_lr, warmup_cosine
     from skelcl.views import get_sampler
 
     rank, world = info.rank, info.world_size
-    device = info.device if world > 1 or cfg.device == "auto" else _device(cfg.device)
+    device = info.device if world > 1 or cfg.device == "auto" else resolve_device(cfg.device)
     _check_out_dir(cfg)
     if device.type == "cpu":  # no page faults on every step's fresh activation buffers (skelcl.hostmem)
         from skelcl.hostmem import retain_freed_host_memory
