@@ -192,7 +192,7 @@ class LARS(torch.optim.Optimizer):
             return
         # u = g + wd * w for the adapted tensors (new tensors: p.grad stays untouched), g otherwise.
         u = list(torch._foreach_add(grads[:n], params[:n], alpha=group["weight_decay"]))
-        scale = self._scale(group, bucket, params[:n] + u)
+        scale = self._scale(group, bucket, params[:n] + u, lr)
         u += grads[n:]
         torch._foreach_mul_(bufs, m)
         torch._foreach_addcmul_(bufs, u, scale)  # v <- m * v + trust * u in one pass
@@ -205,7 +205,7 @@ class LARS(torch.optim.Optimizer):
         else:
             _sub_scaled(params, bufs, lr)
 
-    def _scale(self, group: dict, bucket: _Bucket, w_and_u: list[Tensor]) -> list[Tensor]:
+    def _scale(self, group: dict, bucket: _Bucket, w_and_u: list[Tensor], lr) -> list[Tensor]:
         """One multiplier per tensor of the bucket: the trust ratios of the adapted ones, then 1s.
 
         Computed on the device into the bucket's trust buffer (whose extra last element, a 1, serves
@@ -216,7 +216,6 @@ class LARS(torch.optim.Optimizer):
         the buffer.
         """
         n = bucket.n_adapted
-        lr = _lr_on(group["lr"], bucket.device)
         trust, head, one = bucket.trust_buffer()
         norms = torch.stack(torch._foreach_norm(w_and_u))  # ||w|| of the adapted tensors, then ||u||
         if norms.dtype in (torch.float16, torch.bfloat16):
