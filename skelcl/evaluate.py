@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -300,8 +301,21 @@ def _parse(argv):
     return p.parse_args(argv)
 
 
+def _check_out_file(path: str) -> None:
+    """Fail before the probes run, not after, when the results could not be written."""
+    if os.path.isdir(path):
+        raise ValueError(f"--out {path!r} is a directory; give a file name for the JSON results")
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise ValueError(f"--out {path!r}: directory {parent!r} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise ValueError(f"--out {path!r}: directory {parent!r} is not writable")
+
+
 def main(argv=None) -> dict:
     args = _parse(argv)
+    if args.out:
+        _check_out_file(args.out)
     state = load_checkpoint(args.checkpoint)
     cfg = state["config"]
     from skelcl.data import load_dataset

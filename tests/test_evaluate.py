@@ -106,3 +106,13 @@ def test_probe_rejects_bad_shapes(rng):
         linear_probe(x, y, x, y, 1)
     with pytest.raises(ValueError, match="k must be"):
         knn_top1(x, y, x, y, 2, k=0)
+
+
+@pytest.mark.parametrize("where, match", [("dir", "is a directory"), ("missing", "does not exist")])
+def test_cli_rejects_unwritable_out_before_evaluating(tmp_path, where, match):
+    from skelcl.evaluate import main
+
+    out = str(tmp_path) if where == "dir" else str(tmp_path / "no" / "such" / "r.json")
+    # The checkpoint does not exist either: the --out check must come first, before any loading.
+    with pytest.raises(ValueError, match=match):
+        main(["--checkpoint", str(tmp_path / "absent.pt"), "--out", out])
