@@ -324,14 +324,20 @@ class TrainStep:
         # world size to turn that average into the sum.
         self.optimizer.zero_grad(set_to_none=True)
         to_backprop = loss * self.world_size if self.world_size > 1 else loss
+        stepped = True
         if self.scaler is not None:
+            # float16 only (GPUs without bfloat16): the scaler skips a step whose gradients overflowed
+            # and then lowers its scale. The schedule counts steps taken, so it waits too; reading the
+            # scale twice is a host sync that bfloat16 and float32 training never pay.
             self.scaler.scale(to_backprop).backward()
+            scale = self.scaler.get_scale()
             self.scaler.step(self.optimizer)
             self.scaler.update()
+            stepped = self.scaler.get_scale() >= scale
         else:
             to_backprop.backward()
             self.optimizer.step()
-        if self.scheduler is not None:
+        if self.scheduler is not None and stepped:
             self.scheduler.step()
         return loss.detach()
 

@@ -351,3 +351,42 @@ def test_two_ranks_step_like_one_process_and_resume_a_one_process_checkpoint(tmp
         summary = torch.load(tmp_path / f"resume-rank{rank}.pt")
         assert summary["steps"] == 3 and summary["world_size"] == WORLD
     assert runlog.load_checkpoint(str(tmp_path / "run" / "checkpoint.pt"))["step"] == 3
+
+
+def test_schedule_waits_for_steps_the_grad_scaler_skips():
+    """float16 + GradScaler: a step skipped for overflowing gradients must not advance the schedule."""
+    import skelcl.data.temporal as temporal
+    import skelcl.ops as ops
+    from skelcl.models import ContrastiveModel
+    from skelcl.optim import LARS, warmup_cosine
+    from skelcl.train import TrainStep
+
+    torch.manual_seed(0)
+    model = ContrastiveModel(build_encoder("stgcn-quarter", width_multiplier=0.25, depth=3), proj_dim=8)
+    opt = LARS(model.parameters(), lr=0.5)
+    sched = warmup_cosine(opt, base_lr=0.5, warmup_steps=2, total_steps=10)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10, growth_interval=1000)
+    # An overflow, as float16 gradients would have it: the first backward puts an inf in one gradient.
+    overflow = [True]
+    first = next(model.parameters())
+    first.register_hook(lambda g: g * float("inf") if overflow.pop() else g)
+    x = torch.randn(4, 3, FRAMES, 25, 2)
+    saved = temporal.sample_frames, ops.two_views
+    temporal.sample_frames = lambda x, lengths, frames, **kw: x
+    ops.two_views = lambda x, sampler, **kw: (x, x.flip(2) * 0.8)
+    try:
+        step = TrainStep(model, opt, sched, None, frames=FRAMES, temperature=0.2, generator=torch.Generator(),
+                         scaler=scaler)
+        before = {k: v.clone() for k, v in model.state_dict().items() if v.is_floating_point()}
+        first_before = first.detach().clone()
+        step(x, torch.full((4,), FRAMES))
+        assert scaler.get_scale() == 2.0**9  # skipped: the scale halved
+        assert sched.last_epoch == 0
+        assert all(torch.equal(before[k], v) for k, v in model.state_dict().items()
+                   if k in before and "running" not in k)
+        overflow.append(False)
+        step(x, torch.full((4,), FRAMES))  # finite: taken, and the schedule moves
+        assert scaler.get_scale() == 2.0**9 and sched.last_epoch == 1
+        assert not torch.equal(first_before, first)
+    finally:
+        temporal.sample_frames, ops.two_views = saved
