@@ -256,6 +256,8 @@ def test_contrastive_model(rng):
         ContrastiveModel(enc, proj_dim=0)
     with pytest.raises(ValueError, match="out_dim"):
         ContrastiveModel(torch.nn.Linear(2, 2))
+    with pytest.raises(ValueError, match="classification head"):
+        ContrastiveModel(STGCN(widths=(4, 8), num_classes=3))
 
 
 @pytest.mark.slow

@@ -11,7 +11,8 @@ class ContrastiveModel(nn.Module):
     """``forward(x)`` -> projection ``z``; ``encode(x)`` -> representation ``h`` used downstream.
 
     The projection is the paper's two-layer MLP ``Linear -> ReLU -> Linear``; ``hidden`` defaults
-    to the encoder's output width. ``encoder`` must expose ``out_dim``.
+    to the encoder's output width. ``encoder`` must expose ``out_dim`` and have no classification
+    head: ``encode`` is meant to return pooled features, not logits.
     """
 
     def __init__(self, encoder: nn.Module, proj_dim: int = 128, hidden: int | None = None):
@@ -19,6 +20,10 @@ class ContrastiveModel(nn.Module):
         in_dim = getattr(encoder, "out_dim", None)
         if not isinstance(in_dim, int) or in_dim < 1:
             raise ValueError("encoder must have a positive integer attribute out_dim")
+        if getattr(encoder, "head", None) is not None:
+            raise ValueError(f"encoder has a classification head ({encoder.head}); build it with "
+                             "num_classes=None so that encode() returns features (a checkpoint's head.* "
+                             "weights can be dropped before load_state_dict)")
         hidden = in_dim if hidden is None else hidden
         if proj_dim < 1:
             raise ValueError(f"proj_dim must be >= 1, got {proj_dim}")
