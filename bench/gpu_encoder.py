@@ -6,7 +6,8 @@
 Cases: widths 64 and 16 (original and SkeletonCLR size), N=128, T=64, M=2, NTU-25 joints, bf16
 autocast, one SGD train step (forward, backward, update), run eagerly and replayed from a CUDA
 graph ("skelcl-graph": one launch per step instead of one per kernel), each also with the joints
-mixed by the sparse Triton kernels ("-sparse") instead of a dense batched product. The reference
+mixed through a transposed, padded matrix ("-aligned") and by the sparse Triton kernels ("-sparse")
+instead of the plain batched product (stgcn.PORTABLE_MIX). The reference
 is the NCTV ST-GCN kept in tests/nctv_stgcn.py, measured in the same run; DESIGN section 5 has its
 H200 figures (54 ms width 64, 21.6 ms width 16 with AMP + channels_last). torch.compile is
 measured at width 16, then at width 64 while the time budget lasts (a compile costs tens of
@@ -88,25 +89,30 @@ def make_graphed_step(model: torch.nn.Module, n: int, t: int, device, amp_dtype=
     return step
 
 
-def with_sparse_mixing(build):
-    """``build`` with the joints mixed by the sparse Triton kernels (stgcn.SPARSE_MIX_TRITON) while
-    the step is built (warm-up and capture included) and run."""
+def with_portable_mix(mix: str, build):
+    """``build`` with the joints mixed the ``mix`` way (stgcn.PORTABLE_MIX: "bmm", "aligned" or
+    "sparse") while the step is built (warm-up and capture included) and run."""
+
+    def set_mix(value):
+        previous = stgcn_module.PORTABLE_MIX
+        stgcn_module.PORTABLE_MIX = value
+        return previous
 
     def built():
-        stgcn_module.SPARSE_MIX_TRITON = True
+        previous = set_mix(mix)
         try:
             step = build()
         finally:
-            stgcn_module.SPARSE_MIX_TRITON = False
+            set_mix(previous)
 
-        def sparse_step():
-            stgcn_module.SPARSE_MIX_TRITON = True
+        def step_with_mix():
+            previous = set_mix(mix)
             try:
                 return step()
             finally:
-                stgcn_module.SPARSE_MIX_TRITON = False
+                set_mix(previous)
 
-        return sparse_step
+        return step_with_mix
 
     return built
 
@@ -160,11 +166,13 @@ def run(out_dir: str, quick: bool = False) -> list[dict]:
             graphed = lambda w=width: make_graphed_step(make_model("skelcl", w, dev), n, t, dev)  # noqa: E731
             rows.append(_measure(case, "skelcl-graph", graphed, warmup, repeats, n, ref["ms"],
                                  " (first call = warm-up + capture)"))
-            sparse = with_sparse_mixing(builder("skelcl", width))
-            rows.append(_measure(case, "skelcl-eager-sparse", sparse, warmup, repeats, n, ref["ms"],
-                                 "; joints mixed by the sparse Triton kernels"))
-            rows.append(_measure(case, "skelcl-graph-sparse", with_sparse_mixing(graphed), warmup, repeats, n,
-                                 ref["ms"], "; sparse Triton mixing, replayed from a CUDA graph"))
+            for mix, how in (("aligned", "transposed, padded matrix (aligned GEMM operands)"),
+                             ("sparse", "the sparse Triton kernels")):
+                eager = with_portable_mix(mix, builder("skelcl", width))
+                rows.append(_measure(case, f"skelcl-eager-{mix}", eager, warmup, repeats, n, ref["ms"],
+                                     f"; joints mixed by {how}"))
+                rows.append(_measure(case, f"skelcl-graph-{mix}", with_portable_mix(mix, graphed), warmup,
+                                     repeats, n, ref["ms"], f"; {how}, replayed from a CUDA graph"))
             rows.append(_measure(case, "skelcl-eager-fp32", builder("skelcl", width, amp_dtype=None), warmup,
                                  repeats, n, None, "; fp32 (torch default TF32 settings), no reference row"))
     for width in (16, 64):  # compiled: width 16 first; width 64 only while the budget lasts

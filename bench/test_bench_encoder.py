@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from gpu_encoder import make_model, make_step, run
+from gpu_encoder import make_model, make_step, run, with_portable_mix
 
 N, T = 32, 50
 
@@ -48,6 +48,15 @@ def test_gpu_report_parts_on_cpu(tmp_path):
     for impl in ("nctv", "skelcl"):
         step = make_step(make_model(impl, 16, "cpu"), 2, 8, "cpu")
         assert torch.isfinite(step())
+    import skelcl.models.stgcn as stgcn_module
+
+    before = stgcn_module.PORTABLE_MIX
+    seen = []
+    step = with_portable_mix("aligned", lambda: lambda: seen.append(stgcn_module.PORTABLE_MIX))()
+    step()
+    assert seen == ["aligned"] and stgcn_module.PORTABLE_MIX == before  # set while running, then restored
+    step = with_portable_mix("aligned", lambda: make_step(make_model("skelcl", 16, "cpu"), 2, 8, "cpu"))()
+    assert torch.isfinite(step())
     rows = run(str(tmp_path), quick=True)
     assert (tmp_path / "encoder.json").exists()
     keys = {"suite", "case", "impl", "ms", "peak_mib", "ratio_vs_ref", "note"}

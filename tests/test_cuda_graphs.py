@@ -152,7 +152,11 @@ def test_lars_with_a_tensor_lr_follows_its_schedule_across_replays(options):
     assert lr != pytest.approx(0.5)  # the schedule did move it
 
 
-def test_stgcn_train_step_replay_matches_eager():
+@pytest.mark.parametrize("mix", ["bmm", "aligned", "sparse"])
+def test_stgcn_train_step_replay_matches_eager(monkeypatch, mix):
+    import skelcl.models.stgcn as stgcn_module
+
+    monkeypatch.setattr(stgcn_module, "PORTABLE_MIX", mix)
     torch.manual_seed(0)
     model = STGCN(widths=(8, 8, 16, 16), num_classes=5).cuda()
     batches = [(torch.randn(4, 3, 16, 25, 2, device="cuda"), torch.randn(4, 5, device="cuda"))

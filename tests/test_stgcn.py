@@ -99,12 +99,44 @@ def _check_against_nctv(rng, layout="ntu25", widths=SMALL, t=13, frozen=(), inpu
         torch.testing.assert_close(val, s_ref[k], rtol=1e-10, atol=1e-12, msg=k)
 
 
-def test_portable_path_matches_nctv(rng, monkeypatch):
+@pytest.mark.parametrize("mix", ["bmm", "aligned"])
+def test_portable_path_matches_nctv(rng, monkeypatch, mix):
     """The path other devices (and CPU autocast) take: F.linear instead of oneDNN convolutions and
-    autograd instead of the hand-written GraphConv backward, run here on CPU tensors."""
+    autograd instead of the hand-written GraphConv backward, run here on CPU tensors, with each dense
+    way of mixing the joints (K*W = 75, 60, 51 rows: padded to 80, 64, 56 by "aligned")."""
     monkeypatch.setattr(stgcn_module, "_cpu", lambda x: False)
+    monkeypatch.setattr(stgcn_module, "PORTABLE_MIX", mix)
     _check_against_nctv(rng)
+    _check_against_nctv(rng, layout="kinect20", widths=(3, 5, 5), t=7)
     _check_against_nctv(rng, layout="coco17", widths=(8, 16, 16), t=9)
+    _check_against_nctv(rng, frozen=("data_bn.", "edge_importance."), input_grad=False)
+
+
+def test_aligned_mixing_under_autocast_matches_bmm(rng, monkeypatch):
+    """bfloat16 autocast: the aligned mixing gives the batched product's outputs and gradients up to
+    bfloat16 rounding (both cast the same operands; they differ only in summation order)."""
+    model = STGCN(widths=(8, 8, 16))
+    x = torch.randn(4, 3, 10, 25, 2, generator=rng)
+    results = {}
+    for mix in ("bmm", "aligned"):
+        monkeypatch.setattr(stgcn_module, "PORTABLE_MIX", mix)
+        model.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = model(x)
+        (out.float() * torch.linspace(-1, 1, out.numel()).view(out.shape)).sum().backward()
+        results[mix] = (out.float(), {n: p.grad.clone() for n, p in model.named_parameters()})
+    torch.testing.assert_close(results["aligned"][0], results["bmm"][0], rtol=2e-2, atol=2e-2)
+    for name, grad in results["bmm"][1].items():
+        scale = grad.abs().max().item() + 1e-6
+        torch.testing.assert_close(results["aligned"][1][name] / scale, grad / scale, rtol=0, atol=3e-2,
+                                   msg=name)
+
+
+def test_portable_mix_setting_is_checked(monkeypatch):
+    monkeypatch.setattr(stgcn_module, "_cpu", lambda x: False)
+    monkeypatch.setattr(stgcn_module, "PORTABLE_MIX", "dense")
+    with pytest.raises(ValueError, match="PORTABLE_MIX"):
+        STGCN(widths=(4, 8))(torch.randn(1, 3, 4, 25, 2))
 
 
 def test_cpu_graph_conv_in_chunks(rng, monkeypatch):
@@ -358,3 +390,30 @@ def test_graph_mix_kernel_partition_major_layouts(rng):
     grad_val = torch.ops.skelcl.graph_mix_val_grad(g, x, csr.rowptr, csr.cols)
     g_batch_major = g.transpose(0, 1).reshape(b, k * w, length)
     torch.testing.assert_close(grad_val, (g_batch_major @ x.transpose(1, 2)).sum(0)[csr.rows, csr.cols])
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("amp", [False, True])
+def test_mixing_variants_agree_on_cuda(monkeypatch, amp):
+    """On a GPU (where they matter) the three ways of mixing joints give one function: outputs and
+    every gradient, float32 (tf32 off) or bfloat16 autocast."""
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    torch.manual_seed(0)
+    model = STGCN(widths=(16, 16, 32, 32)).cuda()
+    x = torch.randn(6, 3, 20, 25, 2, device="cuda")
+    results = {}
+    for mix in ("bmm", "aligned", "sparse"):
+        monkeypatch.setattr(stgcn_module, "PORTABLE_MIX", mix)
+        model.zero_grad(set_to_none=True)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+            out = model(x).float()
+        (out * torch.linspace(-1, 1, out.numel(), device="cuda").view(out.shape)).sum().backward()
+        results[mix] = (out, {n: p.grad.clone() for n, p in model.named_parameters()})
+    tol = 3e-2 if amp else 1e-4
+    for mix in ("aligned", "sparse"):
+        torch.testing.assert_close(results[mix][0], results["bmm"][0], rtol=tol, atol=tol)
+        for name, grad in results["bmm"][1].items():
+            scale = grad.abs().max().item() + 1e-6
+            torch.testing.assert_close(results[mix][1][name] / scale, grad / scale, rtol=0, atol=tol,
+                                       msg=f"{mix}: {name}")

@@ -16,8 +16,9 @@ batch norm below runs on a view and no activation is copied between layers.
   the first block. On CPU (outside autocast) a custom autograd function never holds the mixed
   activations (K times the input) for more than a few sequences at a time, computes the weight
   gradient one partition at a time, and mixes with a sparse C++ kernel (csrc/graph_mix.cpp) on the
-  non-zeros of the layout's partitions. Elsewhere the mixing is a dense batched product, or, with
-  ``SPARSE_MIX_TRITON`` set, the equivalent sparse Triton kernels (kernels/graph_mix.py).
+  non-zeros of the layout's partitions. Elsewhere the mixing is a dense batched product, chosen by
+  ``PORTABLE_MIX``: the matrix as it is, transposed and padded for aligned GEMM operands, or the
+  sparse Triton kernels of kernels/graph_mix.py.
 
 Parameters keep the shapes of the original convolutions (1x1 ones squeezed), so
 ``skelcl.models.convert_stgcn_state_dict`` maps original checkpoints one to one.
@@ -280,13 +281,22 @@ class _MixProjectCPU(torch.autograd.Function):
         return grad_x, grad_mix, grad_w, grad_b, None, None
 
 
-# Devices other than the CPU mix joints densely (a batched product) unless this is True: the sparse
-# Triton kernels (kernels/graph_mix.py) are tested against it but not yet timed on a GPU.
-SPARSE_MIX_TRITON = False
+# How the portable path (GPUs, and CPU under autocast) mixes joints:
+#   "bmm"     a batched product with the (K*W, V) matrix as it is;
+#   "aligned" the same product with the matrix stored transposed and its K*W rows padded to a
+#             multiple of 8, so that no GEMM operand has a leading dimension of 25 or 75 (which keeps
+#             cuBLAS on alignment-1 kernels); the permute to (B, W, T, K*C) is fused into it;
+#   "sparse"  the sparse Triton kernels of kernels/graph_mix.py on the partitions' non-zeros.
+# All three are tested against each other; "aligned" and "sparse" are not yet timed on a GPU.
+# The environment variable SKELCL_PORTABLE_MIX sets it for a whole run.
+PORTABLE_MIX = os.environ.get("SKELCL_PORTABLE_MIX", "bmm")
+PORTABLE_MIX_CHOICES = ("bmm", "aligned", "sparse")
 
 
 def _triton_mix_usable(x: Tensor) -> bool:
-    if not SPARSE_MIX_TRITON or x.dtype not in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
+    if PORTABLE_MIX != "sparse":
+        return False
+    if x.dtype not in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
         return False
     if not (x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"):
         return False
@@ -295,6 +305,53 @@ def _triton_mix_usable(x: Tensor) -> bool:
     except ImportError:
         return False
     return True
+
+
+def _check_portable_mix() -> None:
+    if PORTABLE_MIX not in PORTABLE_MIX_CHOICES:
+        raise ValueError(f"stgcn.PORTABLE_MIX (environment: SKELCL_PORTABLE_MIX) must be one of "
+                         f"{PORTABLE_MIX_CHOICES}, got {PORTABLE_MIX!r}")
+
+
+class _MixAligned(torch.autograd.Function):
+    """``(b, V, T*C)`` mixed by the ``(K*W, V)`` matrix ``mix`` -> ``(b, W, T, K*C)``, the layout the
+    channel GEMM reads (partition-major channels).
+
+    The product runs as ``bmm(mix_t.T, x3)`` with ``mix_t`` a contiguous ``(V, R)`` matrix, R = K*W
+    rounded up to a multiple of 8 (zero rows): every operand is then contiguous along a dimension of
+    8-element multiples (R, or T*C), the input gradient is ``bmm(mix_t, g)`` and the matrix gradient
+    ``bmm(x3, g^T)`` with an (V, R) result; the backward writes the incoming gradient into the padded
+    row order once instead of through a slice's zero-filled copy.
+    """
+
+    @staticmethod
+    def forward(ctx, x3: Tensor, mix: Tensor, k: int, t: int) -> Tensor:
+        b, v, length = x3.shape
+        rows = mix.shape[0]
+        w, c = rows // k, length // t
+        padded = -(-rows // 8) * 8
+        mix_t = x3.new_zeros(v, padded)
+        mix_t[:, :rows] = mix.t()
+        out = torch.bmm(mix_t.t().expand(b, padded, v), x3)
+        ctx.save_for_backward(x3, mix_t)
+        ctx.dims = (k, w, t, c, rows)
+        return out[:, :rows].view(b, k, w, t, c).permute(0, 2, 3, 1, 4).reshape(b, w, t, k * c)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        x3, mix_t = ctx.saved_tensors
+        k, w, t, c, rows = ctx.dims
+        b, v, length = x3.shape
+        g = x3.new_empty(b, mix_t.shape[1], length)
+        g[:, rows:].zero_()
+        g[:, :rows].view(b, k, w, t, c).copy_(grad.reshape(b, w, t, k, c).permute(0, 3, 1, 2, 4))
+        grad_x = grad_mix = None
+        if ctx.needs_input_grad[0]:
+            grad_x = torch.bmm(mix_t.expand(b, *mix_t.shape), g)
+        if ctx.needs_input_grad[1]:
+            per_sequence = torch.bmm(x3, g.transpose(1, 2))  # (b, V, R)
+            grad_mix = per_sequence.sum(0, dtype=torch.promote_types(x3.dtype, torch.float32))[:, :rows].t()
+        return grad_x, grad_mix, None, None
 
 
 class _SparseMixTriton(torch.autograd.Function):
@@ -367,15 +424,22 @@ class GraphConv(nn.Module):
         if _cpu_fast_path(x):
             csr = None if support is None else self._support_csr(support, k, w_joints, v)
             return _MixProjectCPU.apply(x, mix, self.weight, bias, k, csr)
+        _check_portable_mix()
         x3 = x.reshape(b, v, t * c_in)
-        if support is not None and _triton_mix_usable(x):
-            xa = _SparseMixTriton.apply(x3, mix, self._support_csr(support, k, w_joints, v))
+        if PORTABLE_MIX == "aligned":
+            # autocast does not reach into an autograd.Function's backward: give it one dtype
+            dev = x.device.type
+            dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x.dtype
+            xa = _MixAligned.apply(x3.to(dtype), mix.to(dtype), k, t)
         else:
-            # bmm with the matrix broadcast (batch stride 0): torch.matmul would fold the batch into
-            # a 2-D product over x3's transpose and copy both that transpose and its result.
-            xa = torch.bmm(mix.expand(b, *mix.shape), x3)
-        xa = xa.view(b, k, w_joints, t, c_in)
-        xa = xa.permute(0, 2, 3, 1, 4).reshape(b, w_joints, t, k * c_in)
+            if support is not None and _triton_mix_usable(x):
+                xa = _SparseMixTriton.apply(x3, mix, self._support_csr(support, k, w_joints, v))
+            else:
+                # bmm with the matrix broadcast (batch stride 0): torch.matmul would fold the batch
+                # into a 2-D product over x3's transpose and copy both that transpose and its result.
+                xa = torch.bmm(mix.expand(b, *mix.shape), x3)
+            xa = xa.view(b, k, w_joints, t, c_in)
+            xa = xa.permute(0, 2, 3, 1, 4).reshape(b, w_joints, t, k * c_in)
         weight = self.weight.view(k, c_out, c_in).transpose(0, 1).reshape(c_out, k * c_in)
         out = F.linear(xa, weight)
         return out if bias is None else out + bias.view(w_joints, 1, c_out)
