@@ -62,10 +62,19 @@ def make_params(shapes, device="cpu", dtype=torch.float32, seed: int = 0) -> lis
     return params
 
 
+def foreach_lars(params, **options) -> LARS:
+    """skelcl's LARS held to its torch._foreach_* path (what CUDA ran before the Triton kernels, and
+    the CPU fallback)."""
+    opt = LARS(params, lr=0.1, **options)
+    opt._triton = opt._fused_cpu = False
+    return opt
+
+
 OPTIMIZERS = {
     "reference": lambda ps: LARSReference(ps, lr=0.1),
-    "skelcl": lambda ps: LARS(ps, lr=0.1),
+    "skelcl": lambda ps: LARS(ps, lr=0.1),  # Triton kernels on CUDA, the C++ kernel on CPU
     "skelcl_nesterov_clip": lambda ps: LARS(ps, lr=0.1, nesterov=True, clip=True),
+    "skelcl_foreach": foreach_lars,
     "sgd_foreach": lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9, weight_decay=1e-6, foreach=True),
 }
 

@@ -13,18 +13,20 @@ import skelcl.optim.lars as lars_module
 from skelcl.optim import LARS
 from skelcl.reference import LARSReference
 
-# "fused": the C++ kernel (csrc/lars.cpp) that CPU float32/float64 groups use; "scalar": the
-# foreach path with 0-dim trust ratios (its CPU fallback); "flat": the foreach path as on CUDA.
-PATHS = ["fused", "scalar", "flat"]
+# "fused": the C++ kernel (csrc/lars.cpp) that CPU float32/float64 groups use; "triton": the Triton
+# kernels CUDA groups use (kernels/lars.py; here through the interpreter); "scalar": the foreach path
+# with 0-dim trust ratios (the CPU fallback); "flat": the foreach path as on CUDA (its fallback).
+PATHS = ["fused", "triton", "scalar", "flat"]
 
 
 def use_path(opt: LARS, path: str) -> LARS:
-    if path == "fused":
-        if lars_module._cpu_op() is None:
-            pytest.skip("the C++ extension could not be built")
-        opt._fused_cpu = True
-    else:
-        opt._fused_cpu = False
+    opt._fused_cpu = path == "fused"
+    opt._triton = path == "triton"
+    if path == "fused" and lars_module._cpu_op() is None:
+        pytest.skip("the C++ extension could not be built")
+    if path == "triton" and lars_module._triton_kernels() is None:
+        pytest.skip("triton is not installed")
+    if path in ("scalar", "flat"):
         opt._broadcast = path
     return opt
 
@@ -597,6 +599,9 @@ def test_cuda_matches_reference_without_host_sync(lr_kind, rng):
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert_nets_close(net, ref_net, rtol=1e-4, atol=1e-5)
+    if lars_module._triton_kernels() is not None:  # the steps were the Triton kernels' (kernels/lars.py)
+        plan = opt._plans[id(opt.param_groups[0])]
+        assert all(bucket._triton_schedule is not None for bucket in plan.buckets)
 
 
 @pytest.mark.parametrize("path", PATHS)
@@ -635,3 +640,77 @@ def test_tensor_lr_round_trips_through_state_dict(rng):
     other = LARS(make_net(torch.float64).parameters(), lr=torch.tensor(0.9, dtype=torch.float64))
     other.load_state_dict(torch.load(buffer))
     assert torch.is_tensor(other.param_groups[0]["lr"]) and other.param_groups[0]["lr"].item() == 0.3
+
+
+@pytest.mark.triton
+def test_triton_kernels_take_each_step_and_decline_what_does_not_fit(monkeypatch, rng):
+    """One kernel call per step and bucket while every tensor fits; a non-contiguous gradient sends
+    that step to the foreach path (nothing half-done), and the next step is the kernels' again."""
+    kernels = lars_module._triton_kernels()
+    if kernels is None:
+        pytest.skip("triton is not installed")
+    calls = []
+    real = kernels.lars_step_
+    monkeypatch.setattr(kernels, "lars_step_", lambda *a, **k: calls.append(len(a[1])) or real(*a, **k))
+    shapes = [(7, 5), (4, 6), (6,)]
+    weights = [torch.randn(s, generator=rng, dtype=torch.float64) for s in shapes]
+    ours = [nn.Parameter(w.clone()) for w in weights]
+    ref = [nn.Parameter(w.clone()) for w in weights]
+    opt = use_path(LARS(ours, lr=0.4, nesterov=True, weight_decay=1e-3), "triton")
+    ref_opt = LARSReference(ref, lr=0.4, nesterov=True, weight_decay=1e-3)
+    for step in range(4):
+        grads = [torch.randn(s, generator=rng, dtype=torch.float64) for s in shapes]
+        if step == 2:
+            grads[1] = torch.randn(6, 4, generator=rng, dtype=torch.float64).t()  # non-contiguous
+        for p, r, g in zip(ours, ref, grads):
+            p.grad, r.grad = g.clone(memory_format=torch.preserve_format), g.clone()
+        opt.step()
+        ref_opt.step()
+    assert calls == [3, 3, 3]  # steps 0, 1 and 3
+    for p, r in zip(ours, ref):
+        torch.testing.assert_close(p, r, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("config", [dict(), dict(clip=True, nesterov=True, eps=1e-3), dict(momentum=0.0)],
+                         ids=config_id)
+def test_triton_kernels_on_multi_block_tensors_float32(config, rng):
+    """Tensors of several kernel blocks (partial sums added up by every block), a zero weight, an
+    empty tensor, adapted and excluded, float32, three steps against the float64 reference."""
+    from skelcl.kernels.lars import BLOCK
+
+    shapes = [(3, BLOCK + 7), (5, 7), (13, 1), (0, 4), (2 * BLOCK + 3,), (9,)]
+    weights = [0.1 * torch.randn(s, generator=rng) for s in shapes]
+    weights[2].zero_()
+    ours = [nn.Parameter(w.clone()) for w in weights]
+    ref = [nn.Parameter(w.double()) for w in weights]
+    opt = use_path(LARS(ours, lr=0.8, weight_decay=1e-2, **config), "triton")
+    ref_opt = LARSReference(ref, lr=0.8, weight_decay=1e-2, **config)
+    for _ in range(3):
+        grads = [torch.randn(s, generator=rng) for s in shapes]
+        for p, r, g in zip(ours, ref, grads):
+            p.grad, r.grad = g.clone(), g.double()
+        opt.step()
+        ref_opt.step()
+    for p, r in zip(ours, ref):
+        torch.testing.assert_close(p.double(), r.detach(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("clip", [False, True])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_triton_kernels_low_precision_close_to_float64(dtype, clip, rng):
+    w = torch.randn(13, 7, generator=rng, dtype=torch.float64)
+    g = torch.randn(13, 7, generator=rng, dtype=torch.float64)
+    b = torch.randn(13, generator=rng, dtype=torch.float64)
+    gb = torch.randn(13, generator=rng, dtype=torch.float64)
+    ref = [nn.Parameter(w.clone()), nn.Parameter(b.clone())]
+    low = [nn.Parameter(w.to(dtype)), nn.Parameter(b.to(dtype))]
+    for p, grad in zip(ref, (g, gb)):
+        p.grad = grad.clone()
+    for p, grad in zip(low, (g, gb)):
+        p.grad = grad.to(dtype)
+    LARSReference(ref, lr=50.0, clip=clip).step()
+    use_path(LARS(low, lr=50.0, clip=clip), "triton").step()
+    for pl, pr in zip(low, ref):
+        torch.testing.assert_close(pl.double(), pr.detach(), rtol=2e-2, atol=2e-2)

@@ -1,11 +1,13 @@
 """LARS with SimCLR semantics, applied to all parameters at once: a fused C++ kernel on CPU
-(csrc/lars.cpp), torch._foreach_* operations elsewhere."""
+(csrc/lars.cpp), two Triton kernels on CUDA (kernels/lars.py), torch._foreach_* operations where
+neither applies."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from itertools import repeat
-from operator import is_
+from operator import attrgetter, is_
 
 import torch
 from torch import Tensor
@@ -100,6 +102,9 @@ class LARS(torch.optim.Optimizer):
         self._broadcast = "auto"
         # The fused C++ kernel for eligible CPU buckets; tests set it False to run the foreach path.
         self._fused_cpu = True
+        # The Triton kernels (kernels/lars.py): "auto" for CUDA buckets; True also for CPU buckets under
+        # TRITON_INTERPRET=1 (tests); False never.
+        self._triton = "auto"
 
     def __setstate__(self, state):
         super().__setstate__(state)  # unpickling, and load_state_dict (new groups and state)
@@ -107,6 +112,7 @@ class LARS(torch.optim.Optimizer):
         self._planned_state = (None, 0)
         self.__dict__.setdefault("_broadcast", "auto")
         self.__dict__.setdefault("_fused_cpu", True)
+        self.__dict__.setdefault("_triton", "auto")
         for group in self.param_groups:
             group.setdefault("lars_exclude", None)
 
@@ -180,6 +186,8 @@ class LARS(torch.optim.Optimizer):
         for g in grads:
             if g.is_sparse:
                 raise ValueError("params: LARS does not support sparse gradients")
+        if self._use_triton(bucket) and bucket.triton_step(grads, bufs, group, lr):
+            return
         n = bucket.n_adapted
         if not n:  # trust 1 everywhere: plain momentum SGD
             torch._foreach_mul_(bufs, m)
@@ -204,6 +212,16 @@ class LARS(torch.optim.Optimizer):
             _sub_scaled(params, bufs, lr * m)
         else:
             _sub_scaled(params, bufs, lr)
+
+    def _use_triton(self, bucket: _Bucket) -> bool:
+        if self._triton is False or bucket.dtype not in _TRITON_DTYPES:
+            return False
+        if bucket.device.type == "cuda":
+            # A CUDA graph cannot capture the kernels' host-to-device table copy: the foreach path
+            # records instead (replayed, its many launches cost nothing).
+            return _triton_kernels() is not None and not torch.cuda.is_current_stream_capturing()
+        return (self._triton is True and bucket.device.type == "cpu"
+                and os.environ.get("TRITON_INTERPRET") == "1" and _triton_kernels() is not None)
 
     def _scale(self, group: dict, bucket: _Bucket, w_and_u: list[Tensor], lr) -> list[Tensor]:
         """One multiplier per tensor of the bucket: the trust ratios of the adapted ones, then 1s.
@@ -240,7 +258,7 @@ class _Bucket:
     ones, then the excluded ones, with their state dicts and the step's reusable buffers."""
 
     __slots__ = ("device", "dtype", "params", "n_adapted", "states", "fusable", "_trust", "_scalars",
-                 "_flat", "_views")
+                 "_flat", "_views", "_triton_schedule")
 
     def __init__(self, device: torch.device, dtype: torch.dtype, adapted: list[Tensor],
                  excluded: list[Tensor], state: dict):
@@ -249,7 +267,27 @@ class _Bucket:
         self.n_adapted = len(adapted)
         self.states = [state[p] for p in self.params]
         self.fusable = device.type == "cpu" and dtype in _FUSED_DTYPES
-        self._trust = self._scalars = self._flat = self._views = None
+        self._trust = self._scalars = self._flat = self._views = self._triton_schedule = None
+
+    def triton_step(self, grads: list[Tensor], bufs: list[Tensor], group: dict, lr) -> bool:
+        """The step by the Triton kernels, or False (nothing changed) when a tensor does not fit them:
+        every weight, gradient and buffer contiguous, of the bucket's dtype, with the weight's size."""
+        params, dtype = self.params, self.dtype
+        numels = list(map(Tensor.numel, params))
+        # map() over the lists: this check runs every step, on the host, for every tensor
+        if not (all(map(Tensor.is_contiguous, params)) and all(map(Tensor.is_contiguous, grads))
+                and all(map(Tensor.is_contiguous, bufs)) and list(map(Tensor.numel, grads)) == numels
+                and list(map(Tensor.numel, bufs)) == numels
+                and set(map(_dtype_of, grads)) == {dtype} and set(map(_dtype_of, bufs)) == {dtype}):
+            return False
+        kernels = _triton_kernels()
+        schedule = self._triton_schedule
+        if schedule is None or schedule.numels != numels:  # built once; again if a weight was resized
+            schedule = kernels.lars_schedule(numels, self.n_adapted, dtype, self.device)
+            self._triton_schedule = schedule
+        kernels.lars_step_(schedule, params, grads, bufs, lr, group["momentum"], group["weight_decay"],
+                           group["trust_coefficient"], group["eps"], group["clip"], group["nesterov"])
+        return True
 
     def trust_buffer(self) -> tuple[Tensor, Tensor, Tensor]:
         """n_adapted + 1 elements: the trust ratios, written each step, then a constant 1; with
@@ -315,6 +353,20 @@ class _Plan:
 
 
 _FUSED_DTYPES = (torch.float32, torch.float64)
+_TRITON_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+_TRITON: list = []  # [skelcl.kernels.lars or None] once the import was tried
+_dtype_of = attrgetter("dtype")
+
+
+def _triton_kernels():
+    """skelcl.kernels.lars, or None where triton is not installed."""
+    if not _TRITON:
+        try:
+            from skelcl.kernels import lars as kernels
+        except ImportError:
+            kernels = None
+        _TRITON.append(kernels)
+    return _TRITON[0]
 _CPU_OP: list = []  # [torch.ops.skelcl.lars_step_ or None] once the build was tried
 
 
