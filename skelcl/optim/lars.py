@@ -43,7 +43,12 @@ class LARS(torch.optim.Optimizer):
     also be a 0-dim floating-point tensor on the parameters' device (or on the CPU): a schedule then
     changes its value in place (``torch.optim.lr_scheduler`` does), so a step captured in a CUDA graph
     or compiled with ``torch.compile`` reads the current rate instead of a baked-in number.
-    Gradients are not modified. On CPU, float32 and float64 groups of contiguous tensors go to a
+    Gradients are not modified. On CUDA, each bucket (one device and dtype) of contiguous tensors is
+    updated by two Triton kernels (kernels/lars.py) that reach all its tensors through a table of data
+    pointers, uploaded each step without a sync: one launch per bucket for the norms and one for the
+    update, where the foreach path makes about a dozen; while a CUDA graph is being captured, the
+    foreach path runs instead (the table copy cannot be captured; a replay costs one launch anyway).
+    On CPU, float32 and float64 groups of contiguous tensors go to a
     fused C++/OpenMP kernel instead (``torch.ops.skelcl.lars_step_``, built from csrc/lars.cpp on
     first use): per tensor, one pass reads ``w`` and ``g`` for both norms (in double) and a second
     one, right after while they are still in cache, updates ``w`` and ``v``, where the foreach path
