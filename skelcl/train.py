@@ -247,10 +247,22 @@ def _set_rng_state(state: dict, aug_gen: torch.Generator, device: torch.device) 
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
-def contrastive_loss(model: nn.Module, x1, x2, temperature: float, group, amp_dtype) -> torch.Tensor:
+def checks_projections(device: torch.device) -> bool:
+    """Whether each step checks its projections for NaN/Inf before the loss (see contrastive_loss).
+
+    Not on CUDA: the check reads a value back, so the host would wait for every forward pass
+    instead of queueing the backward behind it. There a non-finite projection gives a NaN loss,
+    which the loop's periodic loss read-back reports, naming the step (and no checkpoint is ever
+    written from the non-finite weights that follow)."""
+    return device.type != "cuda"
+
+
+def contrastive_loss(model: nn.Module, x1, x2, temperature: float, group, amp_dtype,
+                     check_finite: bool = True) -> torch.Tensor:
     """NT-Xent of the projections of both views; one forward pass over the 2N sequences.
 
-    Projections holding NaN or Inf (on any rank) raise NonFiniteLossError: the loss cannot be formed.
+    With ``check_finite``, projections holding NaN or Inf (on any rank) raise NonFiniteLossError: the
+    loss cannot be formed. Without, the loss is NaN.
     """
     from skelcl.ops import NonFiniteInputError, ntxent_loss
 
@@ -258,7 +270,7 @@ def contrastive_loss(model: nn.Module, x1, x2, temperature: float, group, amp_dt
         z = model(torch.cat([x1, x2]))
     z1, z2 = z.float().chunk(2)
     try:
-        return ntxent_loss(z1, z2, temperature, group=group)
+        return ntxent_loss(z1, z2, temperature, group=group, check_finite=check_finite)
     except NonFiniteInputError as exc:  # the loss checks its inputs (on every rank alike)
         raise NonFiniteLossError(f"the projections hold NaN or Inf ({exc})") from exc
 
@@ -318,7 +330,8 @@ class TrainStep:
 
         x = sample_frames(x, lengths, self.frames, generator=self.generator, random_crop=True)
         x1, x2 = two_views(x, self.sampler, generator=self.generator, center_joint=self.center_joint)
-        loss = contrastive_loss(self.model, x1, x2, self.temperature, self.group, self.amp_dtype)
+        loss = contrastive_loss(self.model, x1, x2, self.temperature, self.group, self.amp_dtype,
+                                checks_projections(x.device))
         # Each rank's backward already yields its share of the exact global-loss gradient
         # (skelcl.ops.ntxent_loss with a group); DDP averages over ranks, so scale by the
         # world size to turn that average into the sum.

@@ -52,6 +52,27 @@ def test_nonfinite_projections_stop_the_run_naming_the_step(tmp_path, cache_dir,
     _assert_stops_keeping_a_good_checkpoint(tmp_path, cache_dir, "step 5", good_step=4)
 
 
+def test_unchecked_nonfinite_projections_stop_at_the_loss_read_back(tmp_path, cache_dir, monkeypatch):
+    """On CUDA the projections are not checked every step (that would wait for each forward pass):
+    the NaN loss is found when the loop reads its losses back, and still names step 5."""
+    import skelcl.train as train_module
+
+    real = train_module.contrastive_loss
+    calls, checked = [], []
+
+    def diverging(model, x1, x2, *args, **kwargs):
+        calls.append(1)
+        checked.append(args[-1] if len(args) > 3 else kwargs.get("check_finite", True))
+        if len(calls) >= 5:
+            x1 = x1 * float("nan")
+        return real(model, x1, x2, *args, **kwargs)
+
+    monkeypatch.setattr(train_module, "contrastive_loss", diverging)
+    monkeypatch.setattr(train_module, "checks_projections", lambda device: False)
+    _assert_stops_keeping_a_good_checkpoint(tmp_path, cache_dir, "loss is nan at step 5", good_step=4)
+    assert checked and not any(checked)
+
+
 def _assert_stops_keeping_a_good_checkpoint(tmp_path, cache_dir, match: str, good_step: int) -> None:
     with pytest.raises(NonFiniteLossError, match=match):
         run(tiny_config(tmp_path, cache_dir, checkpoint_every=2, log_every=10))

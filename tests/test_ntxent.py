@@ -286,7 +286,7 @@ def test_module_equals_function(rng):
 
 def test_custom_op_registration(rng):
     z1, z2 = _inputs(4, 8, rng, torch.float32)
-    torch.library.opcheck(torch.ops.skelcl.ntxent_fwd.default, (z1, z2, 0.1, True, "cpu", True))
+    torch.library.opcheck(torch.ops.skelcl.ntxent_fwd.default, (z1, z2, 0.1, True, "cpu", True, True))
 
 
 @pytest.mark.slow
@@ -337,3 +337,5 @@ def test_nonfinite_input_names_the_tensor(backend, bad, which, request):
     with pytest.raises(NonFiniteInputError, match=f"{which} contains NaN or Inf") as raised:
         ntxent_loss(z["z1"], z["z2"], 0.1, backend=backend)
     assert isinstance(raised.value, ValueError)  # callers that check arguments catch it too
+    # check_finite=False: no check (no read-back on a GPU); the loss itself is NaN
+    assert torch.isnan(ntxent_loss(z["z1"], z["z2"], 0.1, backend=backend, check_finite=False))

@@ -64,6 +64,8 @@ def _check_rank(rank, backend, dtype, tol, allow_tf32):
         assert "NaN or Inf" in str(err)
     else:
         raise AssertionError("NaN on rank 1 was not reported")
+    # Unchecked: no rank raises, and the global loss is NaN on every rank, the clean one included.
+    assert torch.isnan(ntxent_loss(bad, z2[rows], TAU, backend=backend, check_finite=False))
 
 
 def test_two_ranks_equal_one_process(tmp_path):

@@ -100,6 +100,33 @@ def test_cuda_run_pretrains_and_evaluates(tmp_path, cache_dir):
     assert 0.0 <= summary["linear_top1"] <= 100.0 and 0.0 <= summary["knn_top1"] <= 100.0
 
 
+@pytest.mark.cuda
+def test_cuda_train_step_never_waits_for_the_device():
+    """A whole TrainStep (temporal sampling, two views, ST-GCN under bf16 autocast, NT-Xent, LARS and
+    its schedule) queues its work without one host synchronisation, so the host runs ahead."""
+    from skelcl.models import ContrastiveModel, build_encoder
+    from skelcl.optim import LARS, warmup_cosine
+    from skelcl.train import TrainStep
+
+    torch.manual_seed(0)
+    model = ContrastiveModel(build_encoder("stgcn-quarter", width_multiplier=0.5, depth=4)).cuda()
+    opt = LARS(model.parameters(), lr=0.3)
+    sched = warmup_cosine(opt, base_lr=0.3, warmup_steps=2, total_steps=10)
+    step = TrainStep(model, opt, sched, "paper", frames=16, temperature=0.1,
+                     generator=torch.Generator(device="cuda").manual_seed(0), amp_dtype=torch.bfloat16)
+    x = torch.randn(8, 3, 24, 25, 2, device="cuda")
+    lengths = torch.full((8,), 24, device="cuda")
+    for _ in range(2):  # first steps: Triton compiles, cuDNN autotuning, optimiser state
+        step(x, lengths)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        losses = [step(x, lengths) for _ in range(3)]
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert all(math.isfinite(float(v)) for v in losses)
+
+
 def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path, cache_dir, monkeypatch):
     import skelcl.train as train_module
 

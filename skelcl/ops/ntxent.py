@@ -201,11 +201,11 @@ def _nonfinite_message(sumsq: Tensor, n: int) -> str | None:
 
 @torch.library.custom_op("skelcl::ntxent_fwd", mutates_args=())
 def _ntxent_fwd(z1: Tensor, z2: Tensor, temperature: float, normalize: bool, backend: str,
-                allow_tf32: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+                allow_tf32: bool, check_finite: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """-> (loss, zhat (2N, D), inv_norm (2N,), lse (2N,)); the last three are saved for backward."""
     n = z1.shape[0]
     zh, inv, sumsq = _normalize(backend, z1, z2, normalize, allow_tf32)
-    problem = _nonfinite_message(sumsq, n)
+    problem = _nonfinite_message(sumsq, n) if check_finite else None
     if problem:
         raise NonFiniteInputError(problem)
     lse, terms = _forward(backend, zh, zh, n, 0, n, temperature, allow_tf32, normalize)
@@ -213,7 +213,7 @@ def _ntxent_fwd(z1: Tensor, z2: Tensor, temperature: float, normalize: bool, bac
 
 
 @_ntxent_fwd.register_fake
-def _ntxent_fwd_fake(z1, z2, temperature, normalize, backend, allow_tf32):
+def _ntxent_fwd_fake(z1, z2, temperature, normalize, backend, allow_tf32, check_finite):
     n, dim = z1.shape
     if backend == "triton":
         zdt, vdt = _kernels().operand_dtype(z1.dtype, normalize, allow_tf32), torch.float32
@@ -237,7 +237,7 @@ def _ntxent_bwd_fake(grad, zh, z1, z2, inv, lse, temperature, normalize, backend
 
 
 def _setup_context(ctx, inputs, output):
-    z1, z2, temperature, normalize, backend, allow_tf32 = inputs
+    z1, z2, temperature, normalize, backend, allow_tf32, _check_finite = inputs
     _, zh, inv, lse = output
     ctx.save_for_backward(zh, z1, z2, inv, lse)  # z1, z2 are the caller's tensors: no extra memory
     ctx.args = (temperature, normalize, backend, allow_tf32)
@@ -247,7 +247,7 @@ def _ntxent_fwd_backward(ctx, grad_loss, *_unused):
     zh, z1, z2, inv, lse = ctx.saved_tensors
     dz = _ntxent_bwd(grad_loss, zh, z1, z2, inv, lse, *ctx.args)
     n = z1.shape[0]
-    return dz[:n], dz[n:], None, None, None, None
+    return dz[:n], dz[n:], None, None, None, None, None
 
 
 _ntxent_fwd.register_autograd(_ntxent_fwd_backward, setup_context=_setup_context)
@@ -268,23 +268,24 @@ def _gather_rows(t: Tensor, group) -> list[Tensor]:
 
 class _GlobalNTXent(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, z1, z2, temperature, normalize, backend, allow_tf32, group):
+    def forward(ctx, z1, z2, temperature, normalize, backend, allow_tf32, group, check_finite):
         n = z1.shape[0]
         rank, world = dist.get_rank(group), dist.get_world_size(group)
         zh, inv, sumsq = _normalize(backend, z1, z2, normalize, allow_tf32)
-        problem = _nonfinite_message(sumsq, n)
-        # One small gather checks, on every rank alike, the batch sizes and the NaN/Inf flags, so that
-        # either all ranks raise or none does (a lone raise would hang the others in a collective).
-        info = torch.tensor([n, problem is not None], dtype=torch.int64, device=z1.device)
-        infos = torch.stack(_gather_rows(info, group)).cpu()
-        if problem:
-            raise NonFiniteInputError(problem)
-        if bool(infos[:, 1].any()):
-            bad = infos[:, 1].nonzero().flatten().tolist()
-            raise NonFiniteInputError(f"z1 or z2 contains NaN or Inf on rank(s) {bad}")
-        if bool((infos[:, 0] != n).any()):
-            sizes = infos[:, 0].tolist()
-            raise ValueError(f"z1 and z2 must have the same batch size N on every rank, got {sizes}")
+        if check_finite:
+            problem = _nonfinite_message(sumsq, n)
+            # One small gather checks, on every rank alike, the batch sizes and the NaN/Inf flags, so
+            # that either all ranks raise or none does (a lone raise would hang the others).
+            info = torch.tensor([n, problem is not None], dtype=torch.int64, device=z1.device)
+            infos = torch.stack(_gather_rows(info, group)).cpu()
+            if problem:
+                raise NonFiniteInputError(problem)
+            if bool(infos[:, 1].any()):
+                bad = infos[:, 1].nonzero().flatten().tolist()
+                raise NonFiniteInputError(f"z1 or z2 contains NaN or Inf on rank(s) {bad}")
+            if bool((infos[:, 0] != n).any()):
+                sizes = infos[:, 0].tolist()
+                raise ValueError(f"z1 and z2 must have the same batch size N on every rank, got {sizes}")
 
         n_total, offset = world * n, rank * n
         keys = torch.cat(_gather_rows(zh[:n], group) + _gather_rows(zh[n:], group))  # [Z1; Z2]
@@ -302,7 +303,7 @@ class _GlobalNTXent(torch.autograd.Function):
         n, offset, n_total, temperature, normalize, backend, allow_tf32 = ctx.args
         dz = _backward(backend, zh, keys, lse_all, z1, z2, inv, grad_loss, n, offset, n_total, temperature,
                        normalize, allow_tf32)
-        return dz[:n], dz[n:], None, None, None, None, None
+        return dz[:n], dz[n:], None, None, None, None, None, None
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -310,10 +311,10 @@ class _GlobalNTXent(torch.autograd.Function):
 # ---------------------------------------------------------------------------------------------------
 
 
-def _naive(z1: Tensor, z2: Tensor, temperature: float, normalize: bool) -> Tensor:
+def _naive(z1: Tensor, z2: Tensor, temperature: float, normalize: bool, check_finite: bool = True) -> Tensor:
     n = z1.shape[0]
     z = torch.cat([z1, z2])
-    if not bool(torch.isfinite(z).all()):
+    if check_finite and not bool(torch.isfinite(z).all()):
         which = "z1" if not bool(torch.isfinite(z1).all()) else "z2"
         raise NonFiniteInputError(f"{which} contains NaN or Inf")
     if normalize:
@@ -381,7 +382,7 @@ def _resolve_group(group):
 
 def ntxent_loss(z1: Tensor, z2: Tensor, temperature: float = 0.1, *, normalize: bool = True,
                 backend: str = "auto", group=None, allow_tf32: bool = True,
-                deterministic: bool = False) -> Tensor:
+                deterministic: bool = False, check_finite: bool = True) -> Tensor:
     """NT-Xent over the 2N rows of ``[z1; z2]``, without the 2N x 2N matrix; a scalar in z1's dtype.
 
     z1, z2: (N, D) float32, float16 or bfloat16 (float64 on the "cpu" and "torch" backends), the two
@@ -390,6 +391,12 @@ def ntxent_loss(z1: Tensor, z2: Tensor, temperature: float = 0.1, *, normalize: 
     similarities use 10-bit-mantissa products on the GPU (see the module docstring); False keeps them
     exact. ``deterministic`` is accepted for clarity: every fused path
     already reduces in a fixed order. ``group``: see the module docstring.
+
+    ``check_finite`` (default True): raise NonFiniteInputError when z1 or z2 holds NaN or Inf (with a
+    group, on every rank alike, and a batch-size mismatch between ranks raises ValueError). On a GPU
+    the check reads one value back, so the host waits for the forward pass to finish; training loops
+    that watch the loss value anyway can pass False: non-finite inputs then give a NaN loss. With a
+    group, False also skips the batch-size check (every rank must pass the same N).
     """
     backend = _validate(z1, z2, temperature, backend)
     temperature = float(temperature)
@@ -398,7 +405,8 @@ def ntxent_loss(z1: Tensor, z2: Tensor, temperature: float = 0.1, *, normalize: 
     if backend == "torch":
         if group is not None:
             raise ValueError("backend 'torch' is single-process; use backend 'cpu' or 'triton' with a group")
-        return _naive(z1, z2, temperature, normalize)
+        return _naive(z1, z2, temperature, normalize, bool(check_finite))
     if group is not None:
-        return _GlobalNTXent.apply(z1, z2, temperature, bool(normalize), backend, bool(allow_tf32), group)
-    return _ntxent_fwd(z1, z2, temperature, bool(normalize), backend, bool(allow_tf32))[0]
+        return _GlobalNTXent.apply(z1, z2, temperature, bool(normalize), backend, bool(allow_tf32), group,
+                                   bool(check_finite))
+    return _ntxent_fwd(z1, z2, temperature, bool(normalize), backend, bool(allow_tf32), bool(check_finite))[0]
