@@ -48,6 +48,10 @@ class NonFiniteLossError(FloatingPointError):
     """The training loss became NaN or Inf; the last good checkpoint is kept."""
 
 
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+_GRAPHED_MODES = ("reduce-overhead", "max-autotune")
+
+
 @dataclass
 class TrainConfig:
     """Everything a run depends on; written to RUN_DIR/config.json and into every checkpoint."""
@@ -74,7 +78,7 @@ class TrainConfig:
     temperature: float = 0.1
     views: str = "paper"  # a skelcl.views preset, "none" for no view augmentation
     amp: bool = False
-    compile: bool = False
+    compile: bool | str = False  # True or a torch.compile mode ("default", "reduce-overhead", ...)
     seed: int = 0
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1" (DDP always uses its local device)
     # run directory and bookkeeping
@@ -117,6 +121,8 @@ class TrainConfig:
             raise ValueError(f"stop_after_steps must be >= 1, got {self.stop_after_steps}")
         if self.probe_optimizer not in ("adam", "sgd"):
             raise ValueError(f"probe_optimizer must be 'adam' or 'sgd', got {self.probe_optimizer!r}")
+        if self.compile not in (False, True) + COMPILE_MODES:
+            raise ValueError(f"compile must be True, False or one of {COMPILE_MODES}, got {self.compile!r}")
         if not isinstance(self.seed, int) or self.seed < 0:
             raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
 
@@ -318,16 +324,21 @@ class TrainStep:
 
     def __init__(self, model: nn.Module, optimizer, scheduler, sampler, *, frames: int, temperature: float,
                  generator: torch.Generator, amp_dtype: torch.dtype | None = None, scaler=None, group=None,
-                 world_size: int = 1, center_joint: int = 1):
+                 world_size: int = 1, center_joint: int = 1, cudagraph_steps: bool = False):
         self.model, self.optimizer, self.scheduler, self.sampler = model, optimizer, scheduler, sampler
         self.frames, self.temperature, self.generator = frames, temperature, generator
         self.amp_dtype, self.scaler, self.group, self.world_size = amp_dtype, scaler, group, world_size
         self.center_joint = center_joint  # the layout's body centre, the origin of both views
+        # torch.compile modes that replay CUDA graphs must be told where a step begins, so that they
+        # may reuse the previous step's graph memory
+        self.cudagraph_steps = cudagraph_steps
 
     def __call__(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         from skelcl.data.temporal import sample_frames
         from skelcl.ops import two_views
 
+        if self.cudagraph_steps:
+            torch.compiler.cudagraph_mark_step_begin()
         x = sample_frames(x, lengths, self.frames, generator=self.generator, random_crop=True)
         x1, x2 = two_views(x, self.sampler, generator=self.generator, center_joint=self.center_joint)
         loss = contrastive_loss(self.model, x1, x2, self.temperature, self.group, self.amp_dtype,
@@ -445,7 +456,13 @@ def _run(cfg: TrainConfig, info, data=None) -> dict:
     if world > 1:
         model = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
-    step_model = torch.compile(model) if cfg.compile else model
+    step_model = model
+    if cfg.compile:
+        mode = None if cfg.compile in (True, "default") else cfg.compile
+        if mode in _GRAPHED_MODES and world > 1:
+            raise ValueError(f"--compile {mode} replays CUDA graphs, which do not mix with DDP's gradient "
+                             "all-reduce here: use --compile default with several processes")
+        step_model = torch.compile(model, mode=mode)
     group = None
     if world > 1:
         import torch.distributed as dist
@@ -454,7 +471,8 @@ def _run(cfg: TrainConfig, info, data=None) -> dict:
 
     train_step = TrainStep(step_model, opt, sched, sampler, frames=cfg.frames, temperature=cfg.temperature,
                            generator=aug_gen, amp_dtype=amp_dtype, scaler=scaler, group=group,
-                           world_size=world, center_joint=get_layout(layout).center)
+                           world_size=world, center_joint=get_layout(layout).center,
+                           cudagraph_steps=cfg.compile in _GRAPHED_MODES)
 
     def checkpoint(next_epoch: int, next_batch: int) -> None:
         # A step can turn the weights non-finite while its own loss was still finite: never let such
@@ -627,7 +645,9 @@ def _parser() -> argparse.ArgumentParser:
     a("--views", default=d.views, help="view preset: paper, paper-frame, moderate, no-gamma, no-beta, "
                                        "no-alpha, distance-only, none")
     a("--amp", action="store_true", help="bfloat16 autocast (float16 + GradScaler on GPUs without bf16)")
-    a("--compile", action="store_true", help="torch.compile the model")
+    a("--compile", nargs="?", const=True, default=False, choices=COMPILE_MODES, metavar="MODE",
+      help="torch.compile the model; MODE: " + ", ".join(COMPILE_MODES) + " (reduce-overhead replays the "
+           "encoder's forward and backward from CUDA graphs: for small widths, whose steps wait on the host)")
     a("--out", default=None, help=f"run directory (default: {d.out}, or {d.out}-2, -3, ... when it holds "
                                   "a run; with --resume the last of these)")
     a("--resume", action="store_true", help="continue from the run directory's last checkpoint")

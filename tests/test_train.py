@@ -237,3 +237,37 @@ def test_runlog_truncates_train_records_after_a_step_and_survives_a_cut_line(tmp
     disabled.log({"kind": "train", "step": 1})
     disabled.write_summary({"linear_top1": 1.0})
     assert not (tmp_path / "rank1").exists()
+
+
+@pytest.mark.parametrize("value, mode", [(True, None), ("default", None),
+                                         ("reduce-overhead", "reduce-overhead"),
+                                         ("max-autotune-no-cudagraphs", "max-autotune-no-cudagraphs")])
+def test_compile_modes_reach_torch_compile(tmp_path, cache_dir, monkeypatch, value, mode):
+    """--compile [MODE]: the mode goes to torch.compile, and steps are marked for the CUDA-graph modes."""
+    import skelcl.train as train_module
+
+    seen, marks = [], []
+    monkeypatch.setattr(torch, "compile", lambda model, mode=None: seen.append(mode) or model)
+    monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: marks.append(1))
+    summary = run(tiny_config(tmp_path, cache_dir, compile=value, epochs=1))
+    assert seen == [mode] and summary["steps"] == 3
+    assert len(marks) == (3 if mode in train_module._GRAPHED_MODES else 0)
+
+
+def test_compile_setting_is_checked():
+    with pytest.raises(ValueError, match="compile must be"):
+        TrainConfig(compile="fast").validate()
+    from skelcl.train import config_from_args
+
+    with pytest.raises(SystemExit):  # the CLI refuses the same (argparse choices)
+        config_from_args(["--compile", "fast"])
+    assert config_from_args(["--compile"]).compile is True
+    assert config_from_args(["--compile", "reduce-overhead", "--amp"]).compile == "reduce-overhead"
+
+
+@pytest.mark.cuda
+@pytest.mark.slow
+def test_cuda_run_with_reduce_overhead_compile(tmp_path, cache_dir):
+    """The encoder's forward and backward replayed from CUDA graphs by torch.compile, for real."""
+    summary = run(tiny_config(tmp_path, cache_dir, amp=True, device="cuda", compile="reduce-overhead"))
+    assert math.isfinite(summary["final_loss"]) and summary["steps"] == 6
