@@ -49,7 +49,6 @@ def _tensor_ptr(table_ptr, which, t, n_tensors, DTYPE: tl.constexpr):
     return tl.load(table_ptr + _N_HYPER_C + which * n_tensors + t).to(tl.pointer_type(DTYPE))
 
 
-
 @triton.jit
 def _hyper(table_ptr, k, ACC: tl.constexpr):
     return tl.load(table_ptr + k).to(tl.float64, bitcast=True).to(ACC)
