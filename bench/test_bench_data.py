@@ -76,8 +76,12 @@ def memmapped(tmp_path_factory):
     return SkeletonArrays(x=np.load(path, mmap_mode="r"), y=np.zeros(n, np.int64), length=np.full(n, t))
 
 
-def test_batch_loader_epoch(benchmark, memmapped):
+@pytest.mark.parametrize("gather", ["numpy", "torch"])
+def test_batch_loader_epoch(benchmark, memmapped, gather):
+    """One epoch of T = 300 batches from a memory map: NumPy's fancy index (CPU training) against
+    torch's threaded row gather (what the loader does when it feeds a GPU)."""
     loader = BatchLoader(memmapped, 256, seed=0)
+    loader.torch_gather = gather == "torch"
 
     def epoch():
         return sum(len(b[1]) for b in loader)

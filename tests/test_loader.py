@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+import warnings
 
 import numpy as np
 import pytest
@@ -21,6 +22,26 @@ def _data(n=23, t=4, memmap_dir=None):
         np.save(path, x)
         x = np.load(path, mmap_mode="r")
     return SkeletonArrays(x=x, y=rng.integers(0, 7, n), length=rng.integers(1, t + 1, n))
+
+
+@pytest.mark.parametrize("source", ["memmap", "array", "float64", "fortran"])
+def test_every_kind_of_x_gives_the_same_batches(tmp_path, source):
+    """Float32 C-contiguous arrays and read-only memory maps are gathered by torch (one copy, no
+    warning about the read-only map); other dtypes and layouts by NumPy: the same batches."""
+    data = _data(memmap_dir=tmp_path if source == "memmap" else None)
+    want = np.asarray(data.x)
+    if source == "float64":
+        data.x = want.astype(np.float64)
+    elif source == "fortran":
+        data.x = np.asfortranarray(want)
+    loader = BatchLoader(data, 5, seed=3)
+    loader.torch_gather = True  # as with a GPU to feed
+    assert (loader._source() is not None) == (source in ("memmap", "array"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        batches = list(loader)
+    for (x, _, _), idx in zip(batches, loader.batch_indices(0)):
+        np.testing.assert_array_equal(x.numpy(), want[idx])
 
 
 @pytest.mark.parametrize("prefetch", [0, 2])

