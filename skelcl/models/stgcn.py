@@ -26,6 +26,7 @@ Parameters keep the shapes of the original convolutions (1x1 ones squeezed), so
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Sequence
 from typing import NamedTuple
@@ -313,6 +314,16 @@ def _check_portable_mix() -> None:
                          f"{PORTABLE_MIX_CHOICES}, got {PORTABLE_MIX!r}")
 
 
+@functools.lru_cache(maxsize=64)
+def _zeros_cached(rows: int, cols: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    return torch.zeros(rows, cols, dtype=dtype, device=device)
+
+
+def _zeros(rows: int, cols: int, like: Tensor) -> Tensor:
+    """A constant zero block (never written), made once per shape, dtype and device."""
+    return _zeros_cached(rows, cols, like.dtype, like.device)
+
+
 class _MixAligned(torch.autograd.Function):
     """``(b, V, T*C)`` mixed by the ``(K*W, V)`` matrix ``mix`` -> ``(b, W, T, K*C)``, the layout the
     channel GEMM reads (partition-major channels).
@@ -330,8 +341,7 @@ class _MixAligned(torch.autograd.Function):
         rows = mix.shape[0]
         w, c = rows // k, length // t
         padded = -(-rows // 8) * 8
-        mix_t = x3.new_zeros(v, padded)
-        mix_t[:, :rows] = mix.t()
+        mix_t = torch.cat([mix.t(), _zeros(v, padded - rows, x3)], 1)  # one launch per step
         out = torch.bmm(mix_t.t().expand(b, padded, v), x3)
         ctx.save_for_backward(x3, mix_t)
         ctx.dims = (k, w, t, c, rows)
