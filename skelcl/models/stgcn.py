@@ -26,7 +26,6 @@ Parameters keep the shapes of the original convolutions (1x1 ones squeezed), so
 
 from __future__ import annotations
 
-import functools
 import os
 from collections.abc import Sequence
 from typing import NamedTuple
@@ -314,14 +313,19 @@ def _check_portable_mix() -> None:
                          f"{PORTABLE_MIX_CHOICES}, got {PORTABLE_MIX!r}")
 
 
-@functools.lru_cache(maxsize=64)
-def _zeros_cached(rows: int, cols: int, dtype: torch.dtype, device: torch.device) -> Tensor:
-    return torch.zeros(rows, cols, dtype=dtype, device=device)
+_ZEROS: dict = {}  # (rows, cols, dtype, device) -> a zero block that is never written
 
 
 def _zeros(rows: int, cols: int, like: Tensor) -> Tensor:
-    """A constant zero block (never written), made once per shape, dtype and device."""
-    return _zeros_cached(rows, cols, like.dtype, like.device)
+    """A constant zero block, made once per shape, dtype and device (under torch.compile, made in
+    the graph, where the compiler folds it)."""
+    if torch.compiler.is_compiling():
+        return like.new_zeros(rows, cols)
+    key = (rows, cols, like.dtype, like.device)
+    block = _ZEROS.get(key)
+    if block is None:
+        block = _ZEROS[key] = like.new_zeros(rows, cols)
+    return block
 
 
 class _MixAligned(torch.autograd.Function):
