@@ -96,6 +96,49 @@ def test_ctrgcn_round_trip(tmp_path):
     np.testing.assert_array_equal(d.x[0, :, 2, 1, 1], flat[0, 2, 75 + 3 : 75 + 6])
 
 
+@pytest.mark.parametrize("compressed", [False, True])
+def test_ctrgcn_parts_of_different_lengths_stored_either_way(tmp_path, compressed):
+    """Uncompressed members are memory-mapped and converted in chunks (more sequences than one chunk
+    here), compressed ones loaded: the same arrays; a shorter test part is zero-padded in time."""
+    from skelcl.data import formats
+
+    rng = np.random.default_rng(11)
+    x = _x(rng, n=1030, t=6)
+    flat = x.transpose(0, 2, 4, 3, 1).reshape(1030, 6, 150)
+    save = np.savez_compressed if compressed else np.savez
+    save(tmp_path / "d.npz", x_train=flat[:1027], y_train=np.eye(60)[np.arange(1027) % 60],
+         x_test=flat[1027:, :4], y_test=np.eye(60)[[1, 2, 3]])
+    with np.load(tmp_path / "d.npz") as z:
+        assert isinstance(formats._npz_member(z, str(tmp_path / "d.npz"), "x_train"), np.memmap) != compressed
+    d = load_dataset(tmp_path / "d.npz")
+    np.testing.assert_array_equal(d.x[:1027], x[:1027])
+    np.testing.assert_array_equal(d.x[1027:, :, :4], x[1027:, :, :4])
+    assert not d.x[1027:, :, 4:].any() and d.x.shape == (1030, 3, 6, 25, 2)
+    assert d.y[-3:].tolist() == [1, 2, 3] and d.splits["given"].sum() == 1027
+
+
+def test_ctrgcn_parts_with_different_joint_counts_are_refused(tmp_path):
+    np.savez(tmp_path / "d.npz", x_train=np.ones((2, 3, 150), np.float32), y_train=np.eye(60)[[0, 1]],
+             x_test=np.ones((1, 3, 120), np.float32), y_test=np.eye(60)[[2]])
+    with pytest.raises(ValueError, match="different joint counts"):
+        load_dataset(tmp_path / "d.npz")
+
+
+@pytest.mark.parametrize("compressed", [False, True])
+def test_skelcl_npz_is_memory_mapped_when_stored_plain(tmp_path, compressed):
+    from skelcl.data import SkeletonArrays, save_npz
+
+    rng = np.random.default_rng(12)
+    x = _x(rng, n=4, t=5)
+    if compressed:
+        np.savez_compressed(tmp_path / "d.npz", x=x, y=np.arange(4))
+    else:
+        save_npz(tmp_path / "d.npz", SkeletonArrays(x=x, y=np.arange(4)))
+    d = load_dataset(tmp_path / "d.npz")
+    assert isinstance(d.x, np.memmap) != compressed and d.x.dtype == np.float32
+    np.testing.assert_array_equal(d.x, x)
+
+
 @pytest.mark.parametrize("channels", [2, 3])
 def test_pyskl_round_trip(tmp_path, channels):
     rng = np.random.default_rng(6)

@@ -7,7 +7,9 @@
 - a directory holding ST-GCN arrays ``{train,val}_data*.npy`` + ``{train,val}_label.pkl``, or one of
   those ``.npy`` files: train and val are concatenated, ``splits["given"]`` marks the train part;
 - a directory of raw NTU ``.skeleton`` files (parsed on the fly: meant for small sets);
-- a ``.npz``: skelcl's own (``x``, ``y`` ...) or CTR-GCN's (``x_train`` (N, T, 150), one-hot ``y_train``);
+- a ``.npz``: skelcl's own (``x``, ``y`` ...; ``x`` memory-mapped when stored uncompressed) or
+  CTR-GCN's (``x_train`` (N, T, 150), one-hot ``y_train``; converted in chunks read from the file,
+  so the conversion needs memory for its result only);
 - a ``.pkl``/``.pickle``: a pyskl annotation file (``split`` + ``annotations``).
 
 skelcl ``.npz`` keys: ``x`` (N, 3, T, V, M) float32, ``y`` int; optional ``name``, ``subject``,
@@ -29,6 +31,7 @@ import glob
 import json
 import os
 import pickle
+import zipfile
 
 import numpy as np
 
@@ -204,6 +207,41 @@ def _load_label_pickle(path: str):
             return pickle.load(f, encoding="latin1")
 
 
+def _npz_member(z, path: str, key: str) -> np.ndarray:
+    """Array ``key`` of the open ``.npz`` ``z``: memory-mapped, read-only, when it is stored
+    uncompressed (``np.savez``, which CTR-GCN's and skelcl's files use), else loaded.
+
+    A large member is then read from the file as it is used instead of all at once, so converting
+    it needs memory for the result only."""
+    name = key + ".npy"
+    try:
+        info = z.zip.getinfo(name)
+        if info.compress_type != zipfile.ZIP_STORED:
+            return z[key]
+        with open(path, "rb") as f:
+            f.seek(info.header_offset)
+            local = f.read(30)  # the member's local header: its name and extra field lengths vary
+            if local[:4] != b"PK\x03\x04":
+                return z[key]
+            start = info.header_offset + 30 + int.from_bytes(local[26:28], "little") + \
+                int.from_bytes(local[28:30], "little")
+            f.seek(start)
+            version = np.lib.format.read_magic(f)
+            if version == (1, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+            elif version == (2, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+            else:
+                return z[key]
+            offset = f.tell()
+        if dtype.hasobject or 0 in shape:
+            return z[key]
+        order = "F" if fortran else "C"
+        return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape, order=order)
+    except (KeyError, OSError, ValueError):
+        return z[key]  # not a plain member: the regular reader, with its own error
+
+
 def _load_npz(path: str, layout: str | None) -> SkeletonArrays:
     try:
         z = np.load(path, allow_pickle=False)
@@ -221,7 +259,9 @@ def _load_npz(path: str, layout: str | None) -> SkeletonArrays:
 
 
 def _load_skelcl_npz(z, path: str, layout: str | None) -> SkeletonArrays:
-    x = np.asarray(z["x"], dtype=np.float32)
+    x = _npz_member(z, path, "x")  # memory-mapped as written by save_npz (float32, uncompressed)
+    if x.dtype != np.float32:
+        x = np.asarray(x, dtype=np.float32)
     if x.ndim != 5 or x.shape[1] != 3:
         raise ValueError(f"skelcl npz {path!r}: x must be (N, 3, T, V, M), got shape {x.shape}")
     if layout is None and "layout" in z.files:
@@ -249,31 +289,42 @@ def _load_skelcl_npz(z, path: str, layout: str | None) -> SkeletonArrays:
 
 
 def _load_ctrgcn(z, path: str, layout: str | None) -> SkeletonArrays:
-    xs, ys, train = [], [], []
-    for part, is_train in (("train", True), ("test", False)):
+    parts = []  # (name, (N, T, 2*V*3) array, labels)
+    for part in ("train", "test"):
         if f"x_{part}" not in z.files:
             continue
-        x = z[f"x_{part}"]
+        x = _npz_member(z, path, f"x_{part}")
         if x.ndim != 3 or x.shape[2] % (3 * 2) != 0:
             raise ValueError(f"CTR-GCN npz {path!r}: x_{part} must be (N, T, 2*V*3), got shape {x.shape}")
-        n, t = x.shape[:2]
-        v = x.shape[2] // 6
-        # (N, T, M*V*C) with M outermost and C innermost -> (N, C, T, V, M)
-        xs.append(x.reshape(n, t, 2, v, 3).transpose(0, 4, 1, 3, 2).astype(np.float32))
+        n = x.shape[0]
         if f"y_{part}" not in z.files:
             raise ValueError(f"CTR-GCN npz {path!r}: has x_{part} but no y_{part}")
         y = z[f"y_{part}"]
         if len(y) != n or y.ndim not in (1, 2):
             raise ValueError(f"CTR-GCN npz {path!r}: y_{part} must be ({n},) labels or ({n}, classes) "
                              f"one-hot, got shape {y.shape}")
-        ys.append(y.argmax(axis=1) if y.ndim == 2 else y.astype(np.int64))
-        train.append(np.full(n, is_train))
-    x = np.ascontiguousarray(np.concatenate(xs))
-    y = np.concatenate(ys)
+        parts.append((part, x, y.argmax(axis=1) if y.ndim == 2 else y.astype(np.int64)))
+    v = {x.shape[2] // 6 for _, x, _ in parts}
+    if len(v) > 1:
+        raise ValueError(f"CTR-GCN npz {path!r}: x_train and x_test have different joint counts {sorted(v)}")
+    total, t_max, v = sum(len(x) for _, x, _ in parts), max(x.shape[1] for _, x, _ in parts), v.pop()
+    # One (N, C, T, V, M) result, filled in chunks of sequences straight from the (memory-mapped)
+    # parts: the memory needed is the result's, not three copies of it.
+    out = np.zeros((total, 3, t_max, v, 2), dtype=np.float32)
+    lo = 0
+    for _, x, _ in parts:
+        n, t = x.shape[:2]
+        for s in range(0, n, 1024):
+            chunk = np.asarray(x[s : s + 1024])
+            # (N, T, M*V*C) with M outermost and C innermost -> (N, C, T, V, M)
+            people = chunk.reshape(len(chunk), t, 2, v, 3)
+            out[lo + s : lo + s + len(chunk), :, :t] = people.transpose(0, 4, 1, 3, 2)
+        lo += n
     num_classes = z["y_train"].shape[1] if z["y_train"].ndim == 2 else None
+    train = np.concatenate([np.full(len(x), part == "train") for part, x, _ in parts])
     return SkeletonArrays(
-        x=x, y=y, layout=infer_layout(x.shape[3], layout, path), num_classes=num_classes,
-        length=infer_lengths(x), splits={"given": np.concatenate(train)},
+        x=out, y=np.concatenate([y for _, _, y in parts]), layout=infer_layout(v, layout, path),
+        num_classes=num_classes, length=infer_lengths(out), splits={"given": train},
     )
 
 
