@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import importlib
 
-from .dataset import SkeletonArrays
+from .dataset import RowConcat, RowSubset, SkeletonArrays
 from .formats import load_dataset, save_npz
 
-__all__ = ["SkeletonArrays", "load_dataset", "save_npz", "BatchLoader", "sample_frames", "read_skeleton",
-           "ntu_split", "prepare_ntu"]
+__all__ = ["SkeletonArrays", "RowSubset", "RowConcat", "load_dataset", "save_npz", "BatchLoader",
+           "sample_frames", "read_skeleton", "ntu_split", "prepare_ntu"]
 
 _LAZY = {
     "BatchLoader": ".loader",

@@ -35,7 +35,7 @@ import zipfile
 
 import numpy as np
 
-from .dataset import SkeletonArrays
+from .dataset import RowConcat, SkeletonArrays
 from .splits import BENCHMARKS, ntu_split, ntu_splits, parse_ntu_names
 
 __all__ = ["LAYOUT_BY_JOINTS", "load_dataset", "save_npz", "infer_lengths", "infer_layout"]
@@ -187,8 +187,8 @@ def _load_stgcn(path: str, layout: str | None) -> SkeletonArrays:
         ys.append(np.asarray(labels, dtype=np.int64))
         names.append(np.asarray([str(n).split(".")[0] for n in sample_names]))
         train.append(np.full(len(x), is_train))
-    # one array for both parts: a single part stays memory-mapped, two are concatenated in memory
-    x = xs[0] if len(xs) == 1 else np.concatenate(xs)
+    # both parts stay memory-mapped: a RowConcat reads each row from the file that holds it
+    x = xs[0] if len(xs) == 1 else RowConcat(xs)
     names = np.concatenate(names)
     subject, view, setup = _ntu_fields(names)
     return SkeletonArrays(

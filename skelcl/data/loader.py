@@ -17,7 +17,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from .dataset import SkeletonArrays
+from .dataset import RowSubset, SkeletonArrays
 
 __all__ = ["BatchLoader"]
 
@@ -162,17 +162,20 @@ class BatchLoader:
             stop.set()
             worker.join()
 
-    def _source(self) -> torch.Tensor | None:
-        """``data.x`` as a tensor sharing its memory, when it is a float32 C-contiguous NumPy array or
-        memory map; None otherwise (other types, subclasses that may index their own way included)."""
+    def _source(self) -> tuple[torch.Tensor, np.ndarray | None] | None:
+        """(rows, row map): ``data.x``'s rows as a tensor sharing their memory, and for a ``RowSubset``
+        which of them the subset's row i is; when the rows are a float32 C-contiguous NumPy array or
+        memory map. None otherwise (other types, subclasses that may index their own way included)."""
         if not hasattr(self, "_x_tensor"):
-            x = self.data.x
-            tensor = None
+            x, row_map = self.data.x, None
+            if isinstance(x, RowSubset):
+                x, row_map = x.base, x.index
+            source = None
             if type(x) in (np.ndarray, np.memmap) and x.dtype == np.float32 and x.flags.c_contiguous:
                 with warnings.catch_warnings():  # a read-only memory map: it is only ever read
                     warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-                    tensor = torch.from_numpy(x)
-            self._x_tensor = tensor
+                    source = (torch.from_numpy(x), row_map)
+            self._x_tensor = source
         return self._x_tensor
 
     def _gather(self, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -184,7 +187,9 @@ class BatchLoader:
         # teams at once would oversubscribe the cores.
         source = self._source() if self.pin_memory or self.torch_gather else None
         if source is not None:
-            torch.index_select(source, 0, torch.from_numpy(np.ascontiguousarray(idx, dtype=np.int64)), out=x)
+            rows, row_map = source
+            picked = idx if row_map is None else row_map[idx]
+            torch.index_select(rows, 0, torch.from_numpy(np.ascontiguousarray(picked, dtype=np.int64)), out=x)
         else:
             # sorted reads are sequential on a memory map; the inverse permutation restores the order
             order = np.argsort(idx, kind="stable")
