@@ -296,6 +296,19 @@ def write_json(rows: list[dict], path: str, env: dict | None = None) -> str:
     return path
 
 
+class SavedRows(list):
+    """A list of rows that ``save(rows)`` writes out at every append, so a module stopped by the
+    report's time limit still leaves the rows it had (the report reads them back)."""
+
+    def __init__(self, save):
+        super().__init__()
+        self._save = save
+
+    def append(self, row: dict) -> None:
+        super().append(row)
+        self._save(list(self))
+
+
 def read_rows(path: str) -> list[dict]:
     """Rows from a file written by :func:`write_json` (or a bare list of rows)."""
     with open(path) as f:

@@ -29,6 +29,7 @@ for _p in (os.path.dirname(_HERE), os.path.join(os.path.dirname(_HERE), "tests")
     if _p not in sys.path:
         sys.path.insert(0, _p)
 
+import _timing  # noqa: E402
 from _timing import capture_cuda_graph, cuda_step_ms_and_peak  # noqa: E402
 from nctv_stgcn import NCTVSTGCN  # noqa: E402
 
@@ -152,7 +153,7 @@ def run(out_dir: str, quick: bool = False) -> list[dict]:
     torch.backends.cudnn.benchmark = True
     dev = torch.device("cuda")
     warmup, repeats = (2, 5) if quick else (3, 10)
-    rows, began = [], time.perf_counter()
+    rows, began = _timing.SavedRows(lambda done: _write(out_dir, done)), time.perf_counter()
 
     def builder(impl, width, **kw):
         return lambda: make_step(make_model(impl, width, dev), n, t, dev, **kw)
@@ -184,8 +185,8 @@ def run(out_dir: str, quick: bool = False) -> list[dict]:
         compiled = builder("skelcl", width, compile_model=True)
         rows.append(_measure(case, "skelcl-compile", compiled, warmup, repeats, n, ref_ms,
                              " (first call = compile)"))
-    _write(out_dir, rows)
-    return rows
+    _write(out_dir, list(rows))
+    return list(rows)
 
 
 def _write(out_dir: str, rows: list[dict]) -> None:

@@ -62,6 +62,7 @@ def run_module(name: str, out_dir: str, quick: bool) -> list[dict]:
 def run_isolated(name: str, out_dir: str, quick: bool, timeout_s: float) -> list[dict]:
     """Run one module in a child process (this script with --only) under a time limit."""
     t0 = time.perf_counter()
+    started = time.time()
     part = os.path.join(out_dir, f"_part_{name}.json")
     cmd = [sys.executable, os.path.abspath(__file__), out_dir, "--only", name, "--part", part]
     if quick:
@@ -75,6 +76,13 @@ def run_isolated(name: str, out_dir: str, quick: bool, timeout_s: float) -> list
             rows = [_timing.make_row(name, "-", name, note=f"error: exit status {proc.returncode}, no rows")]
     except subprocess.TimeoutExpired:
         rows = [_timing.make_row(name, "-", name, note=f"error: timed out after {timeout_s:.0f} s")]
+        # modules that save their rows as they go (bench/<name>.py -> OUT_DIR/<piece>.json) keep them
+        saved = os.path.join(out_dir, name.removeprefix("gpu_") + ".json")
+        if os.path.isfile(saved) and os.path.getmtime(saved) >= started:
+            try:
+                rows = [normalize(r) for r in _timing.read_rows(saved)] + rows
+            except (OSError, ValueError, KeyError):
+                pass
     print(f"[gpu_report] {name} (isolated): {time.perf_counter() - t0:.1f} s", flush=True)
     return rows
 

@@ -40,6 +40,7 @@ for _p in (os.path.dirname(_HERE), _HERE):
     if _p not in sys.path:
         sys.path.insert(0, _p)
 
+import _timing  # noqa: E402
 from _timing import cuda_step_ms_and_peak  # noqa: E402
 
 NTU60_XSUB_TRAIN = 40_091
@@ -180,12 +181,12 @@ def run(out_dir: str, quick: bool = False) -> list[dict]:
         return rows
     torch.backends.cudnn.benchmark = True
     device = torch.device("cuda")
-    rows = []
+    step_rows = {}
+    rows = _timing.SavedRows(lambda done: _write(out_dir, done + list(step_rows.values())))
     began = time.perf_counter()
 
     # Train-step rows first: the epoch then runs with whichever joint mixing made the fastest step.
     repeats = 5 if quick else 20
-    step_rows = {}
     from gpu_encoder import with_portable_mix
 
     impl_of_mix = {"bmm": "skelcl-bf16", "aligned": "skelcl-bf16-aligned", "sparse": "skelcl-bf16-sparse"}
@@ -199,6 +200,7 @@ def run(out_dir: str, quick: bool = False) -> list[dict]:
             return _row("train_step", step_case, impl, ms, peak, None, f"{BATCH / ms * 1e3:.0f} seq/s")
 
         step_rows[impl] = _guard("train_step", step_case, impl, one)
+        _write(out_dir, list(rows) + list(step_rows.values()))
     ref_ms = step_rows["reference"]["ms"]
     timed = {mix: step_rows[impl]["ms"] for mix, impl in impl_of_mix.items() if step_rows[impl]["ms"]}
     best_mix = min(timed, key=timed.get) if timed else "bmm"
@@ -246,9 +248,9 @@ def run(out_dir: str, quick: bool = False) -> list[dict]:
     for r in step_rows.values():
         if ref_ms and r["ms"]:
             r["ratio_vs_ref"] = ref_ms / r["ms"]
-        rows.append(r)
-    _write(out_dir, rows)
-    return rows
+    done = list(rows) + list(step_rows.values())
+    _write(out_dir, done)
+    return done
 
 
 def _write(out_dir: str, rows: list[dict]) -> None:
