@@ -46,7 +46,7 @@ def test_views_report_shape_and_materialise(tmp_path):
     assert concat.shape == (7, 3, 4, 5, 2) and len(concat) == 7 and concat.ndim == 5
     np.testing.assert_array_equal(np.asarray(concat), np.concatenate([a, b]))
     subset = RowSubset(concat, [5, 2]).take(np.array([1]))  # a subset of a subset: indices compose
-    assert subset.shape == (1, 3, 4, 5, 2) and subset.base is concat
+    assert subset.shape == (1, 3, 4, 5, 2) and subset.base is concat.parts[0]  # row 2 is in part a
     np.testing.assert_array_equal(np.asarray(subset), a[[2]])
     with pytest.raises(ValueError, match="row shape"):
         RowConcat([a, _rows(2, rng, t=5)])
@@ -102,3 +102,8 @@ def test_stgcn_train_and_val_files_stay_memory_mapped(tmp_path):
     np.testing.assert_array_equal(np.asarray(d.x), np.concatenate([parts["train"], parts["val"]]))
     train, test = d.train_test("given")
     np.testing.assert_array_equal(np.asarray(test.x), parts["val"])
+    # each split lies in one file: its rows come straight from that memory map (torch's gather)
+    assert test.x.base is d.x.parts[1] and test.x.index.tolist() == [0, 1]
+    assert train.x.base is d.x.parts[0]
+    mixed = d.take(np.array([4, 0]))
+    assert mixed.x.base is d.x and mixed.x.index.tolist() == [4, 0]

@@ -75,8 +75,22 @@ class RowSubset:
         # a single row drops the row axis; a slice or an array of rows keeps it
         return out[rest if np.ndim(picked) == 0 else (slice(None),) + rest]
 
+    @classmethod
+    def of(cls, base, index) -> RowSubset:
+        """Rows ``index`` of ``base``, with the simplest base: a subset of a subset takes the inner
+        base, and rows that all lie in one part of a RowConcat take that part (ST-GCN's train or val
+        file: the loader then gathers from one memory map, with torch)."""
+        index = np.asarray(index, dtype=np.int64)
+        if isinstance(base, RowSubset):
+            return cls.of(base.base, base.index[index])
+        if isinstance(base, RowConcat) and len(index):
+            part = np.searchsorted(base.starts, index, side="right") - 1
+            if part.min() == part.max():
+                return cls(base.parts[int(part[0])], index - base.starts[int(part[0])])
+        return cls(base, index)
+
     def take(self, index) -> RowSubset:
-        return RowSubset(self.base, self.index[index])
+        return RowSubset.of(self.base, self.index[index])
 
     def __array__(self, dtype=None, copy=None):
         out = self.base[self.index]
@@ -146,10 +160,8 @@ class SkeletonArrays:
         kw = {}
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name == "x" and isinstance(value, RowSubset):
-                kw["x"] = value.take(index)
-            elif f.name == "x" and isinstance(value, (np.ndarray, RowConcat)):
-                kw["x"] = RowSubset(value, index)
+            if f.name == "x" and isinstance(value, (np.ndarray, RowConcat, RowSubset)):
+                kw["x"] = RowSubset.of(value, index)
             elif f.name == "splits":
                 kw["splits"] = {k: m[index] for k, m in value.items()}
             elif f.name in ("layout", "num_classes"):
