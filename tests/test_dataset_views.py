@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from skelcl.data import RowConcat, RowSubset, SkeletonArrays
+from skelcl.data import PaddedRows, RowConcat, RowSubset, SkeletonArrays
 from skelcl.data.loader import BatchLoader
 
 ITEMS = [0, -1, slice(1, 4), slice(None, None, 2), np.array([4, 0, 2]), np.array([3]),
@@ -23,6 +23,23 @@ def _rows(n, rng, t=4):
 def _memmap(tmp_path, name, a):
     np.save(tmp_path / name, a)
     return np.load(tmp_path / name, mmap_mode="r")
+
+
+@pytest.mark.parametrize("item", ITEMS, ids=repr)
+def test_padded_rows_index_like_the_padded_array(item):
+    """pyskl keypoints (M, T, V, C) of different lengths, persons and channels, laid out on read."""
+    rng = np.random.default_rng(5)
+    shapes = [(1, 3, 5, 3), (2, 4, 5, 3), (3, 2, 5, 2), (2, 1, 5, 3), (1, 4, 5, 2)]
+    items = [rng.normal(size=s).astype(np.float32) for s in shapes]
+    padded = np.zeros((5, 3, 4, 5, 2), np.float32)
+    for i, kp in enumerate(items):
+        kp = kp[:2]  # persons beyond the second are dropped
+        padded[i, : kp.shape[3], : kp.shape[1], :, : kp.shape[0]] = kp.transpose(3, 1, 2, 0)
+    rows = PaddedRows(items, frames=4)
+    assert rows.shape == padded.shape and rows.dtype == np.float32
+    np.testing.assert_array_equal(rows[item], padded[item])
+    np.testing.assert_array_equal(RowSubset(rows, [4, 1, 3, 0, 2])[item], padded[[4, 1, 3, 0, 2]][item])
+    np.testing.assert_array_equal(np.asarray(rows), padded)
 
 
 @pytest.mark.parametrize("item", ITEMS, ids=repr)
@@ -107,3 +124,10 @@ def test_stgcn_train_and_val_files_stay_memory_mapped(tmp_path):
     assert train.x.base is d.x.parts[0]
     mixed = d.take(np.array([4, 0]))
     assert mixed.x.base is d.x and mixed.x.index.tolist() == [4, 0]
+
+
+def test_padded_rows_refuse_mismatched_sequences():
+    with pytest.raises(ValueError, match="one V"):
+        PaddedRows([np.zeros((1, 2, 5, 3), np.float32), np.zeros((1, 2, 4, 3), np.float32)], frames=4)
+    with pytest.raises(ValueError, match="T_i <= 3"):
+        PaddedRows([np.zeros((1, 4, 5, 3), np.float32)], frames=3)

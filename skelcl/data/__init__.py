@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import importlib
 
-from .dataset import RowConcat, RowSubset, SkeletonArrays
+from .dataset import SkeletonArrays
 from .formats import load_dataset, save_npz
+from .rows import PaddedRows, RowConcat, RowSubset
 
-__all__ = ["SkeletonArrays", "RowSubset", "RowConcat", "load_dataset", "save_npz", "BatchLoader",
-           "sample_frames", "read_skeleton", "ntu_split", "prepare_ntu"]
+__all__ = ["SkeletonArrays", "RowSubset", "RowConcat", "PaddedRows", "load_dataset", "save_npz",
+           "BatchLoader", "sample_frames", "read_skeleton", "ntu_split", "prepare_ntu"]
 
 _LAZY = {
     "BatchLoader": ".loader",

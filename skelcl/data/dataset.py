@@ -6,106 +6,17 @@ from dataclasses import dataclass, field, fields
 
 import numpy as np
 
-__all__ = ["SkeletonArrays", "RowSubset", "RowConcat"]
+from .rows import LazyRows, RowSubset
 
-
-class RowConcat:
-    """Arrays of equal row shape stacked along rows without a copy (ST-GCN's train and val files,
-    memory-mapped): ``concat[i]`` reads the row from the part that holds it."""
-
-    def __init__(self, parts: list[np.ndarray]):
-        self.parts = list(parts)
-        shapes = {tuple(p.shape[1:]) for p in self.parts}
-        dtypes = {p.dtype for p in self.parts}
-        if len(shapes) != 1 or len(dtypes) != 1:
-            raise ValueError(f"parts must share row shape and dtype, got {sorted(shapes)} and "
-                             f"{sorted(map(str, dtypes))}")
-        self.starts = np.cumsum([0] + [len(p) for p in self.parts])
-        self.shape = (int(self.starts[-1]),) + shapes.pop()
-        self.dtype = dtypes.pop()
-        self.ndim = len(self.shape)
-
-    def __len__(self) -> int:
-        return self.shape[0]
-
-    def __getitem__(self, item):
-        rows, rest = (item[0], item[1:]) if isinstance(item, tuple) else (item, ())
-        picked = np.arange(len(self))[rows]
-        if np.ndim(picked) == 0:
-            part = int(np.searchsorted(self.starts, picked, side="right")) - 1
-            out = self.parts[part][int(picked - self.starts[part])]
-            return out[rest] if rest else out
-        out = np.empty((len(picked),) + self.shape[1:], dtype=self.dtype)
-        which = np.searchsorted(self.starts, picked, side="right") - 1
-        for part in np.unique(which):
-            here = which == part
-            out[here] = self.parts[part][picked[here] - self.starts[part]]
-        return out[(slice(None),) + rest] if rest else out
-
-    def __array__(self, dtype=None, copy=None):
-        out = np.concatenate(self.parts)
-        return out if dtype is None else out.astype(dtype, copy=False)
-
-
-class RowSubset:
-    """Rows ``index`` of a (memory-mapped) array, read only when indexed: ``subset[i]`` is
-    ``base[index[i]]``. What ``SkeletonArrays.take`` gives for memory-mapped data, so that splitting a
-    dataset larger than memory into train and test copies nothing."""
-
-    def __init__(self, base: np.ndarray, index: np.ndarray):
-        self.base = base
-        self.index = np.asarray(index, dtype=np.int64)
-        self.shape = (len(self.index),) + tuple(base.shape[1:])
-        self.dtype = base.dtype
-        self.ndim = base.ndim
-
-    def __len__(self) -> int:
-        return self.shape[0]
-
-    @property
-    def nbytes(self) -> int:
-        return int(np.prod(self.shape)) * self.dtype.itemsize
-
-    def __getitem__(self, item):
-        rows, rest = (item[0], item[1:]) if isinstance(item, tuple) else (item, ())
-        picked = self.index[rows]
-        out = self.base[picked]
-        if not rest:
-            return out
-        # a single row drops the row axis; a slice or an array of rows keeps it
-        return out[rest if np.ndim(picked) == 0 else (slice(None),) + rest]
-
-    @classmethod
-    def of(cls, base, index) -> RowSubset:
-        """Rows ``index`` of ``base``, with the simplest base: a subset of a subset takes the inner
-        base, and rows that all lie in one part of a RowConcat take that part (ST-GCN's train or val
-        file: the loader then gathers from one memory map, with torch)."""
-        index = np.asarray(index, dtype=np.int64)
-        if isinstance(base, RowSubset):
-            return cls.of(base.base, base.index[index])
-        if isinstance(base, RowConcat) and len(index):
-            part = np.searchsorted(base.starts, index, side="right") - 1
-            if part.min() == part.max():
-                return cls(base.parts[int(part[0])], index - base.starts[int(part[0])])
-        return cls(base, index)
-
-    def take(self, index) -> RowSubset:
-        return RowSubset.of(self.base, self.index[index])
-
-    def __array__(self, dtype=None, copy=None):
-        out = self.base[self.index]
-        return out if dtype is None else out.astype(dtype, copy=False)
-
-    def __repr__(self) -> str:
-        return f"RowSubset({len(self)} of {len(self.base)} rows of a {type(self.base).__name__})"
+__all__ = ["SkeletonArrays"]
 
 
 @dataclass
 class SkeletonArrays:
     """A labelled set of skeleton sequences.
 
-    x:        (N, 3, T, V, M) float32; may be a np.memmap, a RowConcat of memory maps or a RowSubset
-              of either, which are read when indexed; absent (frame, person) slots are zero.
+    x:        (N, 3, T, V, M) float32; may be a np.memmap or one of the lazy row views of
+              ``skelcl.data.rows`` (read when indexed); absent (frame, person) slots are zero.
     y:        (N,) int64 class labels in [0, num_classes).
     layout:   joint-graph name understood by ``skelcl.layouts`` ("ntu25", "kinect20", "coco17").
     splits:   benchmark name -> (N,) bool array, True for training samples ("xsub", "xview",
@@ -113,7 +24,7 @@ class SkeletonArrays:
     The optional per-sample arrays are None when a source does not carry them.
     """
 
-    x: np.ndarray | RowSubset | RowConcat
+    x: np.ndarray | LazyRows
     y: np.ndarray
     layout: str = "ntu25"
     num_classes: int | None = None
@@ -160,7 +71,7 @@ class SkeletonArrays:
         kw = {}
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name == "x" and isinstance(value, (np.ndarray, RowConcat, RowSubset)):
+            if f.name == "x" and isinstance(value, (np.ndarray, LazyRows)):
                 kw["x"] = RowSubset.of(value, index)
             elif f.name == "splits":
                 kw["splits"] = {k: m[index] for k, m in value.items()}

@@ -16,8 +16,9 @@ skelcl ``.npz`` keys: ``x`` (N, 3, T, V, M) float32, ``y`` int; optional ``name`
 ``view``, ``setup``, ``length``, ``split`` ('train'/'test' strings -> ``splits["given"]``) and
 ``layout``. Whenever sample names are NTU names, the NTU benchmarks that apply are added to splits.
 
-pyskl keypoints (M, T, V, C) become (3, T, V, 2): persons beyond the second are dropped, a missing
-second person is zero; 2D keypoints (C = 2) get a zero third channel, so they lie in the z = 0 plane
+pyskl keypoints (M, T, V, C) become (3, T, V, 2) rows, laid out when read (``skelcl.data.rows.
+PaddedRows``: no padded copy is held): persons beyond the second are dropped, a missing second
+person is zero; 2D keypoints (C = 2) get a zero third channel, so they lie in the z = 0 plane
 (rotations about x and y then foreshorten them, as a camera would a flat figure). ``keypoint_score``
 is not used.
 
@@ -35,7 +36,8 @@ import zipfile
 
 import numpy as np
 
-from .dataset import RowConcat, SkeletonArrays
+from .dataset import SkeletonArrays
+from .rows import PaddedRows, RowConcat
 from .splits import BENCHMARKS, ntu_split, ntu_splits, parse_ntu_names
 
 __all__ = ["LAYOUT_BY_JOINTS", "load_dataset", "save_npz", "infer_lengths", "infer_layout"]
@@ -354,10 +356,8 @@ def _load_pyskl(path: str, layout: str | None) -> SkeletonArrays:
     if any(kp.shape[2] != v for kp in kps):
         raise ValueError(f"pyskl file {path!r}: samples have different joint counts")
     t_max = max(kp.shape[1] for kp in kps)
-    x = np.zeros((len(kps), 3, t_max, v, 2), dtype=np.float32)
-    for i, kp in enumerate(kps):
-        kp = kp[:2]
-        x[i, : kp.shape[3], : kp.shape[1], :, : kp.shape[0]] = kp.transpose(3, 1, 2, 0)
+    # laid out and padded row by row when read: no (N, 3, 300, V, 2) copy of the keypoints
+    x = PaddedRows(kps, t_max)
     names = np.asarray([str(a.get("frame_dir", i)) for i, a in enumerate(ann)])
     # total_frames, but never past the frames the sample's keypoints hold (the rest is padding)
     held = [kp.shape[1] for kp in kps]

@@ -17,7 +17,8 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from .dataset import RowSubset, SkeletonArrays
+from .dataset import SkeletonArrays
+from .rows import LazyRows, RowSubset
 
 __all__ = ["BatchLoader"]
 
@@ -190,6 +191,8 @@ class BatchLoader:
             rows, row_map = source
             picked = idx if row_map is None else row_map[idx]
             torch.index_select(rows, 0, torch.from_numpy(np.ascontiguousarray(picked, dtype=np.int64)), out=x)
+        elif isinstance(self.data.x, LazyRows):  # built row by row straight into the batch
+            self.data.x.read_into(np.asarray(idx, dtype=np.int64), x.numpy())
         else:
             # sorted reads are sequential on a memory map; the inverse permutation restores the order
             order = np.argsort(idx, kind="stable")
