@@ -13,7 +13,8 @@ from skelcl.data import PaddedRows, RowConcat, RowSubset, SkeletonArrays
 from skelcl.data.loader import BatchLoader
 
 ITEMS = [0, -1, slice(1, 4), slice(None, None, 2), np.array([4, 0, 2]), np.array([3]),
-         (2, 1), (slice(0, 3), 0, slice(1, 3)), (np.array([1, 0]), slice(None), 2), (-2, slice(None), 0, 1)]
+         (2, 1), (slice(0, 3), 0, slice(1, 3)), (np.array([1, 0]), slice(None), 2), (-2, slice(None), 0, 1),
+         Ellipsis, (Ellipsis, 0), (1, Ellipsis, 1), (slice(1, 3), Ellipsis)]
 
 
 def _rows(n, rng, t=4):

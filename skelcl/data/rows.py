@@ -45,6 +45,10 @@ class LazyRows:
 
     def __getitem__(self, item):
         rows, rest = (item[0], item[1:]) if isinstance(item, tuple) else (item, ())
+        if rows is Ellipsis:  # x[..., k]: every row, and the Ellipsis still spans the middle axes
+            rows, rest = slice(None), (Ellipsis,) + rest
+        elif rows is None:
+            raise IndexError(f"{type(self).__name__} does not take np.newaxis before the row index")
         picked = np.arange(len(self))[rows]
         if np.ndim(picked) == 0:  # a single row drops the row axis
             out = self._rows(picked.reshape(1))[0]
