@@ -41,6 +41,8 @@ def test_padded_rows_index_like_the_padded_array(item):
     np.testing.assert_array_equal(rows[item], padded[item])
     np.testing.assert_array_equal(RowSubset(rows, [4, 1, 3, 0, 2])[item], padded[[4, 1, 3, 0, 2]][item])
     np.testing.assert_array_equal(np.asarray(rows), padded)
+    np.testing.assert_array_equal(rows.copy(), padded)
+    assert rows.astype(np.float64).dtype == np.float64 and rows.size == padded.size
 
 
 @pytest.mark.parametrize("item", ITEMS, ids=repr)

@@ -33,8 +33,19 @@ class LazyRows:
         return self.shape[0]
 
     @property
+    def size(self) -> int:
+        return int(np.prod(self.shape))
+
+    @property
     def nbytes(self) -> int:
-        return int(np.prod(self.shape)) * self.dtype.itemsize
+        return self.size * self.dtype.itemsize
+
+    def copy(self) -> np.ndarray:
+        """Every row, as one array."""
+        return np.asarray(self)
+
+    def astype(self, dtype) -> np.ndarray:
+        return np.asarray(self).astype(dtype, copy=False)
 
     def _rows(self, picked: np.ndarray) -> np.ndarray:
         raise NotImplementedError
