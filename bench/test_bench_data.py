@@ -91,6 +91,34 @@ def test_batch_loader_epoch(benchmark, memmapped, gather):
         benchmark.extra_info["samples_per_s"] = seen / benchmark.stats.stats.mean
 
 
+@pytest.fixture(scope="module")
+def pyskl_like():
+    """2,048 pyskl-style sequences of 40-300 frames, one or two persons: the keypoints as held."""
+    rng = np.random.default_rng(1)
+    return [rng.normal(size=(1 + (i % 3 == 0), int(rng.integers(40, 301)), NUM_JOINTS, 3)).astype(np.float32)
+            for i in range(2048)]
+
+
+@pytest.mark.parametrize("held", ["keypoints", "padded"])
+def test_batch_loader_epoch_pyskl(benchmark, pyskl_like, held):
+    """pyskl data: keypoints laid out into each batch as it is gathered (PaddedRows, what the loader
+    uses: no padded copy in memory) against a padded (N, 3, 300, V, 2) array gathered by torch."""
+    from skelcl.data import PaddedRows
+
+    rows = PaddedRows(pyskl_like, 300)
+    x = rows if held == "keypoints" else np.asarray(rows)
+    data = SkeletonArrays(x=x, y=np.zeros(len(pyskl_like), np.int64))
+    loader = BatchLoader(data, 256, seed=0)
+    loader.torch_gather = True  # as when feeding a GPU
+
+    def epoch():
+        return sum(len(b[1]) for b in loader)
+
+    seen = benchmark(epoch)
+    if benchmark.stats:
+        benchmark.extra_info["samples_per_s"] = seen / benchmark.stats.stats.mean
+
+
 def test_sample_frames_batch(benchmark):
     x = torch.randn(256, 3, 300, NUM_JOINTS, 2)
     length = torch.randint(50, 301, (256,))
