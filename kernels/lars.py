@@ -22,6 +22,7 @@ hyper-parameters travel as float64 bit patterns in the table, so float64 steps l
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -171,6 +172,12 @@ def lars_step_(schedule: LarsSchedule, params: list[torch.Tensor], grads: list[t
     # From pageable memory, non_blocking: the copy is staged at once and nothing waits for the device.
     table_dev = torch.from_numpy(table).to(p0.device, non_blocking=True)
     dtype, acc_f64 = _TL_DTYPES[p0.dtype], p0.dtype == torch.float64
+    # Triton launches on the current device: make it the parameters' one
+    with torch.cuda.device(p0.device) if p0.is_cuda else contextlib.nullcontext():
+        _launch(schedule, table_dev, lr, lr_is_tensor, n, dtype, acc_f64, clip, nesterov)
+
+
+def _launch(schedule, table_dev, lr, lr_is_tensor, n, dtype, acc_f64, clip, nesterov) -> None:
     if schedule.n_adapted_blocks:
         _norms_kernel[(schedule.n_adapted_blocks,)](
             table_dev, schedule.sched, schedule.partial, n, schedule.n_blocks,
