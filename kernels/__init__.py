@@ -26,3 +26,16 @@ def check_interpreter() -> None:
             f"TRITON_INTERPRET=1 with triton {triton.__version__} needs NumPy < 2.4 (found "
             f"{numpy.__version__}): its interpreter passes one-element arrays where Python ints are "
             "needed. Install 'numpy<2.4' or triton >= 3.7.")
+
+
+def on_device(t):
+    """A context making ``t``'s CUDA device the current one: Triton launches on the current device,
+    not on its arguments'. A no-op for CPU tensors (the interpreter) and while torch.compile traces
+    (compiled code sets its own device)."""
+    import contextlib
+
+    import torch
+
+    if t.is_cuda and not torch.compiler.is_compiling():
+        return torch.cuda.device(t.device)
+    return contextlib.nullcontext()

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from skelcl.kernels import check_interpreter
+from skelcl.kernels import check_interpreter, on_device
 
 check_interpreter()
 
@@ -155,15 +155,16 @@ def view_augment_triton(x: torch.Tensor, angles: torch.Tensor, shift: torch.Tens
     grid = (triton.cdiv(n_frames, block_t * t_iters) * n_seq,)
     seq_span = sum((size - 1) * abs(step) for size, step in zip(x.shape[1:], x.stride()[1:])) + 1
     kernel = _view_augment_kernel if wrap is None else wrap(_view_augment_kernel)
-    kernel[grid](
-        x, angles, shift, out,
-        n_seq, n_frames, n_joints, n_persons, center_joint,
-        *x.stride(),
-        angles.stride(0), angles.stride(1), sat,
-        shift.stride(0), shift.stride(1), sst,
-        K=n_views, BLOCK_T=block_t, BLOCK_V=block_v, BLOCK_M=block_m, SCAN_T=scan_t, T_ITERS=t_iters,
-        ACC_F64=x.dtype == torch.float64,
-        IDX64=max(seq_span, 3 * n_frames * n_joints * n_persons) >= 2**31,
-        num_warps=num_warps,
-    )
+    with on_device(x):
+        kernel[grid](
+            x, angles, shift, out,
+            n_seq, n_frames, n_joints, n_persons, center_joint,
+            *x.stride(),
+            angles.stride(0), angles.stride(1), sat,
+            shift.stride(0), shift.stride(1), sst,
+            K=n_views, BLOCK_T=block_t, BLOCK_V=block_v, BLOCK_M=block_m, SCAN_T=scan_t, T_ITERS=t_iters,
+            ACC_F64=x.dtype == torch.float64,
+            IDX64=max(seq_span, 3 * n_frames * n_joints * n_persons) >= 2**31,
+            num_warps=num_warps,
+        )
     return out

@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from skelcl.kernels import check_interpreter
+from skelcl.kernels import check_interpreter, on_device
 
 check_interpreter()
 
@@ -82,8 +82,9 @@ def graph_mix(x: torch.Tensor, rowptr: torch.Tensor, col: torch.Tensor, val: tor
         return out
     block = _block_l(length)
     grid = (b * rows, triton.cdiv(length, block))
-    _mix_kernel[grid](x, out, rowptr, col, val, v, rows, length, BLOCK_L=block,
-                      ACC_F64=x.dtype == torch.float64)
+    with on_device(x):
+        _mix_kernel[grid](x, out, rowptr, col, val, v, rows, length, BLOCK_L=block,
+                          ACC_F64=x.dtype == torch.float64)
     return out
 
 
@@ -99,7 +100,8 @@ def graph_mix_val_grad(g: torch.Tensor, x: torch.Tensor, rows: torch.Tensor, col
     blocks = triton.cdiv(b, seq_per_program)
     partial = torch.empty(blocks, nnz, dtype=acc_dtype, device=x.device)
     block = min(_block_l(length), 512)
-    _val_grad_kernel[(nnz, blocks)](g, x, rows, col, partial, b, v, g.shape[1], length, nnz,
-                                    SEQ_PER_PROGRAM=seq_per_program, BLOCK_L=block,
-                                    ACC_F64=x.dtype == torch.float64)
+    with on_device(x):
+        _val_grad_kernel[(nnz, blocks)](g, x, rows, col, partial, b, v, g.shape[1], length, nnz,
+                                        SEQ_PER_PROGRAM=seq_per_program, BLOCK_L=block,
+                                        ACC_F64=x.dtype == torch.float64)
     return partial.sum(0).to(x.dtype)

@@ -22,14 +22,13 @@ hyper-parameters travel as float64 bit patterns in the table, so float64 steps l
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import triton
 import triton.language as tl
-from skelcl.kernels import check_interpreter
+from skelcl.kernels import check_interpreter, on_device
 
 check_interpreter()
 
@@ -173,7 +172,7 @@ def lars_step_(schedule: LarsSchedule, params: list[torch.Tensor], grads: list[t
     table_dev = torch.from_numpy(table).to(p0.device, non_blocking=True)
     dtype, acc_f64 = _TL_DTYPES[p0.dtype], p0.dtype == torch.float64
     # Triton launches on the current device: make it the parameters' one
-    with torch.cuda.device(p0.device) if p0.is_cuda else contextlib.nullcontext():
+    with on_device(p0):
         _launch(schedule, table_dev, lr, lr_is_tensor, n, dtype, acc_f64, clip, nesterov)
 
 

@@ -24,7 +24,7 @@ import os
 import torch
 import triton
 import triton.language as tl
-from skelcl.kernels import check_interpreter
+from skelcl.kernels import check_interpreter, on_device
 
 check_interpreter()
 
@@ -274,8 +274,9 @@ def normalize_rows(z1: torch.Tensor, z2: torch.Tensor, normalize: bool = True,
     sumsq = torch.empty(2 * n, dtype=torch.float32, device=z1.device)
     block_m = 32 if _block_d(dim) <= 128 else 8
     grid = (triton.cdiv(2 * n, block_m),)
-    _normalize_kernel[grid](z1, z2, zh, inv, sumsq, n, dim, z1.stride(0), z2.stride(0), zh.stride(0),
-                            NORMALIZE=normalize, BLOCK_M=block_m, BLOCK_D=_block_d(dim), num_warps=4)
+    with on_device(z1):
+        _normalize_kernel[grid](z1, z2, zh, inv, sumsq, n, dim, z1.stride(0), z2.stride(0), zh.stride(0),
+                                NORMALIZE=normalize, BLOCK_M=block_m, BLOCK_D=_block_d(dim), num_warps=4)
     return zh, inv, sumsq
 
 
@@ -302,9 +303,11 @@ def ntxent_forward(q: torch.Tensor, keys: torch.Tensor, n_local: int, offset: in
         fixed_max = normalized and scale2 <= FIXED_MAX_LIMIT
     bm, bn, warps, stages = config or _config(dim, q.dtype, backward=False)
     grid = (triton.cdiv(2 * n_local, bm),)
-    _fwd_kernel[grid](q, keys, lse2, loss, n_local, offset, n_total, dim, q.stride(0), keys.stride(0), scale2,
-                      FIXED_MAX=fixed_max, PRECISION=_precision(q.dtype, allow_tf32), UPCAST=_upcast(q.dtype),
-                      BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=_block_d(dim), num_warps=warps, num_stages=stages)
+    with on_device(q):
+        _fwd_kernel[grid](q, keys, lse2, loss, n_local, offset, n_total, dim, q.stride(0), keys.stride(0),
+                          scale2, FIXED_MAX=fixed_max, PRECISION=_precision(q.dtype, allow_tf32),
+                          UPCAST=_upcast(q.dtype), BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=_block_d(dim), num_warps=warps,
+                          num_stages=stages)
     return lse2, loss
 
 
@@ -324,9 +327,11 @@ def ntxent_backward(q: torch.Tensor, keys: torch.Tensor, lse2_all: torch.Tensor,
     bm, bn, warps, stages = config or _config(dim, q.dtype, backward=True)
     grid = (triton.cdiv(2 * n_local, bm),)
     coef = 1.0 / (2 * n_total * temperature)
-    _bwd_kernel[grid](q, keys, lse2_all, z1, z2, inv_norm, grad_out, dz, n_local, offset, n_total, dim,
-                      q.stride(0), keys.stride(0), z1.stride(0), z2.stride(0), dz.stride(0),
-                      LOG2E / temperature, coef, float(min(shortcut_limit, SHORTCUT_LIMIT)),
-                      NORMALIZE=normalize, PRECISION=_precision(q.dtype, allow_tf32), UPCAST=_upcast(q.dtype),
-                      BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=_block_d(dim), num_warps=warps, num_stages=stages)
+    with on_device(q):
+        _bwd_kernel[grid](q, keys, lse2_all, z1, z2, inv_norm, grad_out, dz, n_local, offset, n_total, dim,
+                          q.stride(0), keys.stride(0), z1.stride(0), z2.stride(0), dz.stride(0),
+                          LOG2E / temperature, coef, float(min(shortcut_limit, SHORTCUT_LIMIT)),
+                          NORMALIZE=normalize, PRECISION=_precision(q.dtype, allow_tf32),
+                          UPCAST=_upcast(q.dtype), BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=_block_d(dim),
+                          num_warps=warps, num_stages=stages)
     return dz

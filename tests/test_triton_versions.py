@@ -31,3 +31,18 @@ def test_compiled_kernels_are_not_checked(monkeypatch):
     monkeypatch.setattr(triton, "__version__", "3.6.0")
     monkeypatch.setattr(numpy, "__version__", "2.4.6")
     check_interpreter()
+
+
+def test_on_device_guards_cuda_tensors_only():
+    """Triton launches on the current CUDA device, so the kernels' launchers enter the arguments'
+    device first; CPU tensors (the interpreter) need nothing."""
+    import contextlib
+
+    import torch
+    from skelcl.kernels import on_device
+
+    assert isinstance(on_device(torch.zeros(1)), contextlib.nullcontext)
+    if torch.cuda.is_available():
+        t = torch.zeros(1, device=f"cuda:{torch.cuda.device_count() - 1}")
+        with on_device(t):
+            assert torch.cuda.current_device() == t.device.index
