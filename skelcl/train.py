@@ -462,6 +462,10 @@ def _run(cfg: TrainConfig, info, data=None) -> dict:
         if mode in _GRAPHED_MODES and world > 1:
             raise ValueError(f"--compile {mode} replays CUDA graphs, which do not mix with DDP's gradient "
                              "all-reduce here: use --compile default with several processes")
+        if device.type == "cpu":
+            from skelcl.models.stgcn import load_cpu_kernels
+
+            load_cpu_kernels()  # loaded here, not inside the traced forward
         step_model = torch.compile(model, mode=mode)
     group = None
     if world > 1:

@@ -98,6 +98,12 @@ def _chunks(b: int, bytes_per_sequence: int) -> list[tuple[int, int]]:
 _GRAPH_MIX: list = []  # [True/False] once the build of csrc/graph_mix.cpp was tried
 
 
+def load_cpu_kernels() -> bool:
+    """Build (or load from the cache) the C++ joint-mixing kernel now. The CPU path loads it on first
+    use; call this before ``torch.compile`` so that the loading is not traced. True when available."""
+    return _graph_mix_available()
+
+
 def _graph_mix_available() -> bool:
     if not _GRAPH_MIX:
         from skelcl._cpp import load_extension
