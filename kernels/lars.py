@@ -128,12 +128,15 @@ class LarsSchedule:
     """Where each block of a bucket's tensors starts, on the device (built once per bucket)."""
 
     numels: list[int]
-    n_tensors: int
     n_adapted: int
     n_blocks: int
     n_adapted_blocks: int
     sched: torch.Tensor  # int64: block->tensor, block->offset, tensor->numel, ->first block, ->partial count
     partial: torch.Tensor  # (n_adapted_blocks, 2) partial sums of w^2 and u^2
+
+    @property
+    def n_tensors(self) -> int:
+        return len(self.numels)
 
 
 def lars_schedule(numels: list[int], n_adapted: int, dtype: torch.dtype, device) -> LarsSchedule:
@@ -150,7 +153,7 @@ def lars_schedule(numels: list[int], n_adapted: int, dtype: torch.dtype, device)
     sched = np.concatenate([block_tensor, block_offset, np.asarray(numels, dtype=np.int64), first, counts])
     n_adapted_blocks = int(sum(blocks[:n_adapted]))
     acc = torch.float64 if dtype == torch.float64 else torch.float32
-    return LarsSchedule(list(numels), len(numels), n_adapted, n_blocks, n_adapted_blocks,
+    return LarsSchedule(list(numels), n_adapted, n_blocks, n_adapted_blocks,
                         torch.from_numpy(sched).to(device), torch.empty(n_adapted_blocks, 2, dtype=acc, device=device))
 
 
@@ -171,19 +174,14 @@ def lars_step_(schedule: LarsSchedule, params: list[torch.Tensor], grads: list[t
     # From pageable memory, non_blocking: the copy is staged at once and nothing waits for the device.
     table_dev = torch.from_numpy(table).to(p0.device, non_blocking=True)
     dtype, acc_f64 = _TL_DTYPES[p0.dtype], p0.dtype == torch.float64
-    # Triton launches on the current device: make it the parameters' one
     with on_device(p0):
-        _launch(schedule, table_dev, lr, lr_is_tensor, n, dtype, acc_f64, clip, nesterov)
-
-
-def _launch(schedule, table_dev, lr, lr_is_tensor, n, dtype, acc_f64, clip, nesterov) -> None:
-    if schedule.n_adapted_blocks:
-        _norms_kernel[(schedule.n_adapted_blocks,)](
-            table_dev, schedule.sched, schedule.partial, n, schedule.n_blocks,
-            DTYPE=dtype, BLOCK=BLOCK, ACC_F64=acc_f64, num_warps=4)
-    if schedule.n_blocks:
-        lr_ptr = lr if lr_is_tensor else schedule.partial  # any tensor when unused
-        _update_kernel[(schedule.n_blocks,)](
-            table_dev, schedule.sched, schedule.partial, lr_ptr, n, schedule.n_blocks, schedule.n_adapted,
-            DTYPE=dtype, BLOCK=BLOCK, BLOCK_P=BLOCK_P, ACC_F64=acc_f64, LR_FROM_PTR=lr_is_tensor,
-            CLIP=bool(clip), NESTEROV=bool(nesterov), num_warps=4)
+        if schedule.n_adapted_blocks:
+            _norms_kernel[(schedule.n_adapted_blocks,)](
+                table_dev, schedule.sched, schedule.partial, n, schedule.n_blocks,
+                DTYPE=dtype, BLOCK=BLOCK, ACC_F64=acc_f64, num_warps=4)
+        if schedule.n_blocks:
+            lr_ptr = lr if lr_is_tensor else schedule.partial  # any tensor when unused
+            _update_kernel[(schedule.n_blocks,)](
+                table_dev, schedule.sched, schedule.partial, lr_ptr, n, schedule.n_blocks, schedule.n_adapted,
+                DTYPE=dtype, BLOCK=BLOCK, BLOCK_P=BLOCK_P, ACC_F64=acc_f64, LR_FROM_PTR=lr_is_tensor,
+                CLIP=bool(clip), NESTEROV=bool(nesterov), num_warps=4)
