@@ -130,10 +130,10 @@ class RowSubset(LazyRows):
         return np.asarray(self.base[self.index[picked]])
 
     def read_into(self, picked: np.ndarray, out: np.ndarray) -> None:
-        if isinstance(self.base, LazyRows):
+        if isinstance(self.base, LazyRows):  # e.g. PaddedRows: built straight into ``out``
             self.base.read_into(self.index[picked], out)
         else:
-            out[...] = self.base[self.index[picked]]
+            super().read_into(picked, out)
 
 
 class PaddedRows(LazyRows):
