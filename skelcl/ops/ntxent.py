@@ -49,6 +49,8 @@ class NonFiniteInputError(ValueError):
     """z1 or z2 holds NaN or Inf (on some rank): the loss cannot be formed. A ValueError, so that
     callers checking arguments catch it; its own class lets a training loop tell a diverged model
     from a wrong call."""
+
+
 _LN2 = math.log(2.0)
 _LOG2E = 1.0 / _LN2
 _LOW_PRECISION = (torch.float16, torch.bfloat16)

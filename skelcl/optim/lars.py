@@ -372,6 +372,8 @@ def _triton_kernels():
             kernels = None
         _TRITON.append(kernels)
     return _TRITON[0]
+
+
 _CPU_OP: list = []  # [torch.ops.skelcl.lars_step_ or None] once the build was tried
 
 
