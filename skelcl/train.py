@@ -377,6 +377,9 @@ def _run(cfg: TrainConfig, info, data=None) -> dict:
     rank, world = info.rank, info.world_size
     device = info.device if world > 1 or cfg.device == "auto" else resolve_device(cfg.device)
     _check_out_dir(cfg)
+    if cfg.compile in _GRAPHED_MODES and world > 1:  # refused before any data is loaded
+        raise ValueError(f"--compile {cfg.compile} replays CUDA graphs, which do not mix with DDP's gradient "
+                         "all-reduce here: use --compile default with several processes")
     if device.type == "cpu":  # no page faults on every step's fresh activation buffers (skelcl.hostmem)
         from skelcl.hostmem import retain_freed_host_memory
 
@@ -459,9 +462,6 @@ def _run(cfg: TrainConfig, info, data=None) -> dict:
     step_model = model
     if cfg.compile:
         mode = None if cfg.compile in (True, "default") else cfg.compile
-        if mode in _GRAPHED_MODES and world > 1:
-            raise ValueError(f"--compile {mode} replays CUDA graphs, which do not mix with DDP's gradient "
-                             "all-reduce here: use --compile default with several processes")
         if device.type == "cpu":
             from skelcl.models.stgcn import load_cpu_kernels
 
