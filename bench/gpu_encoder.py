@@ -17,6 +17,7 @@ Whole run: about 1 s per eager case plus the compiles, under 150 s on an H100/H2
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -90,28 +91,28 @@ def make_graphed_step(model: torch.nn.Module, n: int, t: int, device, amp_dtype=
     return step
 
 
-def with_portable_mix(mix: str, build):
-    """``build`` with the joints mixed the ``mix`` way (stgcn.PORTABLE_MIX: "bmm", "aligned" or
-    "sparse") while the step is built (warm-up and capture included) and run."""
+@contextlib.contextmanager
+def portable_mix(mix: str):
+    """stgcn.PORTABLE_MIX set to ``mix`` ("bmm", "aligned" or "sparse") inside the block."""
+    previous = stgcn_module.PORTABLE_MIX
+    stgcn_module.PORTABLE_MIX = mix
+    try:
+        yield
+    finally:
+        stgcn_module.PORTABLE_MIX = previous
 
-    def set_mix(value):
-        previous = stgcn_module.PORTABLE_MIX
-        stgcn_module.PORTABLE_MIX = value
-        return previous
+
+def with_portable_mix(mix: str, build):
+    """``build`` with the joints mixed the ``mix`` way while the step is built (warm-up and capture
+    included) and run."""
 
     def built():
-        previous = set_mix(mix)
-        try:
+        with portable_mix(mix):
             step = build()
-        finally:
-            set_mix(previous)
 
         def step_with_mix():
-            previous = set_mix(mix)
-            try:
+            with portable_mix(mix):
                 return step()
-            finally:
-                set_mix(previous)
 
         return step_with_mix
 

@@ -187,7 +187,7 @@ def run(out_dir: str, quick: bool = False) -> list[dict]:
 
     # Train-step rows first: the epoch then runs with whichever joint mixing made the fastest step.
     repeats = 5 if quick else 20
-    from gpu_encoder import with_portable_mix
+    from gpu_encoder import portable_mix, with_portable_mix
 
     impl_of_mix = {"bmm": "skelcl-bf16", "aligned": "skelcl-bf16-aligned", "sparse": "skelcl-bf16-sparse"}
     makers = [("reference", make_reference_step)]
@@ -208,17 +208,12 @@ def run(out_dir: str, quick: bool = False) -> list[dict]:
     built = {}
 
     def epoch_with_best_mix(**config) -> dict:
-        import skelcl.models.stgcn as stgcn_module
-
         if "data" not in built:
             t0 = time.perf_counter()
             built["data"] = ntu_sized_synthetic(n)
             built["seconds"] = time.perf_counter() - t0
-        previous, stgcn_module.PORTABLE_MIX = stgcn_module.PORTABLE_MIX, best_mix
-        try:
+        with portable_mix(best_mix):
             return measure_epoch(built["data"], amp=True, **config)
-        finally:
-            stgcn_module.PORTABLE_MIX = previous
 
     def epoch_row():
         r = epoch_with_best_mix()
