@@ -125,23 +125,32 @@ def test_matches_reference_in_float32_and_float64(dtype, path, rng):
     assert_nets_close(net, ref_net, **tol)
 
 
+@pytest.mark.parametrize("path", ["foreach", pytest.param("triton", marks=pytest.mark.triton)])
 @pytest.mark.parametrize("clip", [False, True])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_low_precision_one_step_close_to_float64(dtype, clip, rng):
+def test_low_precision_one_step_close_to_float64(dtype, clip, path, rng, request):
+    """16-bit parameters: the foreach path (what CPU buckets of these dtypes take) and the Triton
+    kernels (on the GPU, or through the interpreter)."""
+    device = request.getfixturevalue("triton_device") if path == "triton" else "cpu"
     w = torch.randn(13, 7, generator=rng, dtype=torch.float64)
     g = torch.randn(13, 7, generator=rng, dtype=torch.float64)
     b = torch.randn(13, generator=rng, dtype=torch.float64)
     gb = torch.randn(13, generator=rng, dtype=torch.float64)
     ref = [nn.Parameter(w.clone()), nn.Parameter(b.clone())]
-    low = [nn.Parameter(w.to(dtype)), nn.Parameter(b.to(dtype))]
+    low = [nn.Parameter(w.to(device, dtype)), nn.Parameter(b.to(device, dtype))]
     for p, grad in zip(ref, (g, gb)):
         p.grad = grad.clone()
     for p, grad in zip(low, (g, gb)):
-        p.grad = grad.to(dtype)
+        p.grad = grad.to(device, dtype)
     LARSReference(ref, lr=50.0, clip=clip).step()
-    LARS(low, lr=50.0, clip=clip).step()
+    opt = LARS(low, lr=50.0, clip=clip)
+    if path == "triton":
+        use_path(opt, "triton")
+    opt.step()
+    if path == "triton":
+        assert all(b._triton_schedule is not None for b in opt._plans[id(opt.param_groups[0])].buckets)
     for pl, pr in zip(low, ref):
-        torch.testing.assert_close(pl.double(), pr.detach(), rtol=2e-2, atol=2e-2)
+        torch.testing.assert_close(pl.double().cpu(), pr.detach(), rtol=2e-2, atol=2e-2)
 
 
 def test_mixed_dtypes_in_one_group(rng):
@@ -699,25 +708,3 @@ def test_triton_kernels_on_multi_block_tensors_float32(config, rng, triton_devic
     assert opt._plans[id(opt.param_groups[0])].buckets[0]._triton_schedule is not None  # kernels ran
     for p, r in zip(ours, ref):
         torch.testing.assert_close(p.double().cpu(), r.detach(), rtol=1e-5, atol=1e-6)
-
-
-@pytest.mark.triton
-@pytest.mark.parametrize("clip", [False, True])
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_triton_kernels_low_precision_close_to_float64(dtype, clip, rng, triton_device):
-    w = torch.randn(13, 7, generator=rng, dtype=torch.float64)
-    g = torch.randn(13, 7, generator=rng, dtype=torch.float64)
-    b = torch.randn(13, generator=rng, dtype=torch.float64)
-    gb = torch.randn(13, generator=rng, dtype=torch.float64)
-    ref = [nn.Parameter(w.clone()), nn.Parameter(b.clone())]
-    low = [nn.Parameter(w.to(triton_device, dtype)), nn.Parameter(b.to(triton_device, dtype))]
-    for p, grad in zip(ref, (g, gb)):
-        p.grad = grad.clone()
-    for p, grad in zip(low, (g, gb)):
-        p.grad = grad.to(triton_device, dtype)
-    LARSReference(ref, lr=50.0, clip=clip).step()
-    opt = use_path(LARS(low, lr=50.0, clip=clip), "triton")
-    opt.step()
-    assert all(b._triton_schedule is not None for b in opt._plans[id(opt.param_groups[0])].buckets)
-    for pl, pr in zip(low, ref):
-        torch.testing.assert_close(pl.double().cpu(), pr.detach(), rtol=2e-2, atol=2e-2)
