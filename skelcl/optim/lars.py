@@ -313,8 +313,10 @@ class _Bucket:
         """``trust`` spread over a flat buffer, as views shaped like the parameters."""
         if self._flat is None:
             numels = [p.numel() for p in self.params]
-            index = [min(i, self.n_adapted) for i in range(len(numels))]  # excluded -> the 1
-            ids = torch.repeat_interleave(torch.tensor(index), torch.tensor(numels)).to(self.device)
+            # Filled on the device (no host-to-device copy), so that this also works when the first
+            # step to need it is being captured into a CUDA graph. Excluded tensors -> the 1.
+            ids = torch.cat([torch.full((n,), min(i, self.n_adapted), dtype=torch.long, device=self.device)
+                             for i, n in enumerate(numels)])
             buffer = torch.empty(len(ids), dtype=trust.dtype, device=self.device)
             self._views = [v.view(p.shape) for v, p in zip(buffer.split(numels), self.params)]
             self._flat = (ids, buffer)
