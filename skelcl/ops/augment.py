@@ -78,8 +78,9 @@ def _check_params(x: Tensor, angles, shift, per_frame: bool) -> tuple[Tensor, Te
             raise ValueError(f"{name} must be a real tensor, got {value.dtype}")
         # One small reduction (and a host sync on GPU); skipped while torch.compile traces and while
         # a CUDA graph is captured (nothing can be read back then).
-        capturing = value.is_cuda and torch.cuda.is_current_stream_capturing()
-        if not (torch.compiler.is_compiling() or capturing) and not bool(torch.isfinite(value).all()):
+        # (dynamo cannot trace is_current_stream_capturing, so it is not asked while compiling)
+        skip = torch.compiler.is_compiling() or (value.is_cuda and torch.cuda.is_current_stream_capturing())
+        if not skip and not bool(torch.isfinite(value).all()):
             raise ValueError(f"{name} contains NaN or Inf")
     acc = _acc_dtype(x)
     a = angles.detach().to(device=x.device, dtype=acc)
