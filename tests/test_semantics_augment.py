@@ -175,10 +175,12 @@ def test_empty_sequence_stays_zero(backend):
     assert (out[0] == 0).all()
 
 
-def _drawn(sampler, n, t, seed):
-    gen = torch.Generator().manual_seed(seed)
-    angles, shift = get_sampler(sampler).sample(2 * n, t, generator=gen)
-    return angles.double(), shift.double()
+def _drawn(sampler, n, t, seed, device="cpu"):
+    """The 2N cameras ``two_views(..., seed=seed)`` draws for x on ``device`` (from a generator on
+    that device: CPU and CUDA generators give different numbers for one seed)."""
+    gen = torch.Generator(device=device).manual_seed(seed)
+    angles, shift = get_sampler(sampler).sample(2 * n, t, device=device, generator=gen)
+    return angles.cpu().double(), shift.cpu().double()
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -188,8 +190,8 @@ def test_two_views_are_the_numpy_views_of_the_drawn_cameras(backend, sampler):
     gen = torch.Generator().manual_seed(11)
     x = make_x(gen)
     n, _, t = x.shape[:3]
-    angles, shift = _drawn(sampler, n, t, seed=99)
     dev = _device(backend)
+    angles, shift = _drawn(sampler, n, t, seed=99, device=dev)
     x1, x2 = two_views(x.to(dev, torch.float32), sampler, seed=99, backend=backend)
     xs = x.to(torch.float32).double().numpy()
     for view, rows in ((x1, slice(0, n)), (x2, slice(n, 2 * n))):
