@@ -426,12 +426,13 @@ class GraphConv(nn.Module):
         if self.bias is not None:
             nn.init.uniform_(self.bias, -bound, bound)
 
-    def forward(self, x: Tensor, adjacency: Tensor, support: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, adjacency: Tensor, support: Tensor | _Csr | None = None) -> Tensor:
         """x ``(B, V, T, C_in)``, adjacency ``(K, V, W)`` -> ``(B, W, T, C_out)``.
 
         ``support`` (shaped like adjacency, optional): a tensor that is zero wherever adjacency is
         zero for every value of what it depends on (the layout's partitions A when adjacency is
-        A * edge importance). On CPU the joints are then mixed with a sparse kernel and the
+        A * edge importance), or its pattern as STGCN builds it once. On CPU (and on a GPU with
+        ``PORTABLE_MIX = "sparse"``) the joints are then mixed with a sparse kernel and the
         gradient w.r.t. adjacency is computed on the support only.
         """
         b, v, t, c_in = x.shape
@@ -464,9 +465,12 @@ class GraphConv(nn.Module):
         out = F.linear(xa, weight)
         return out if bias is None else out + bias.view(w_joints, 1, c_out)
 
-    def _support_csr(self, support: Tensor, k: int, w_joints: int, v: int) -> _Csr:
+    def _support_csr(self, support: Tensor | _Csr, k: int, w_joints: int, v: int) -> _Csr:
         """The CSR of the support's mixing pattern, built once per support tensor (on a GPU ``nonzero``
-        reads back to the host; afterwards nothing does, so a step can be captured in a CUDA graph)."""
+        reads back to the host; afterwards nothing does, so a step can be captured in a CUDA graph),
+        or the pattern itself when the caller built it (STGCN does, once)."""
+        if isinstance(support, _Csr):
+            return support
         key = (support.data_ptr(), support._version, support.device, tuple(support.shape))
         cached = getattr(self, "_csr_cache", None)
         if cached is None or cached[0] != key:
@@ -526,7 +530,7 @@ class STGCNBlock(nn.Module):
         else:
             self.residual = ResidualProjection(in_channels, out_channels, stride)
 
-    def forward(self, x: Tensor, adjacency: Tensor, support: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, adjacency: Tensor, support: Tensor | _Csr | None = None) -> Tensor:
         y = self.graph_conv(x, adjacency, support).permute(0, 3, 1, 2)  # (B, C, V, T), channels_last
         y = F.relu(self.bn_graph(y), inplace=True)
         conv = self.temporal_conv
@@ -542,6 +546,11 @@ class STGCNBlock(nn.Module):
         elif self.residual is not None:
             y = y.add_(self.residual(x))
         return F.relu(y, inplace=True).permute(0, 2, 3, 1)
+
+
+def _rebuild_support(module: STGCN, incompatible_keys) -> None:
+    """load_state_dict post-hook: the CSR buffers follow the loaded ``A``."""
+    module._register_support()
 
 
 class STGCN(nn.Module):
@@ -576,6 +585,8 @@ class STGCN(nn.Module):
         self.widths, self.strides = widths, strides
         self.register_buffer("A", self.layout.adjacency_partitions())
         k, v = self.A.shape[0], self.A.shape[1]
+        self._register_support()
+        self.register_load_state_dict_post_hook(_rebuild_support)
         self.data_bn = nn.BatchNorm1d(in_channels * v)
         chans = (in_channels, *widths)
         self.blocks = nn.ModuleList(
@@ -589,6 +600,20 @@ class STGCN(nn.Module):
         self.out_dim = widths[-1] if num_classes is None else num_classes
         self.feature_dim = widths[-1]
         self.head = nn.Linear(widths[-1], num_classes) if num_classes is not None else None
+
+    def _register_support(self) -> None:
+        """The mixing pattern of ``A`` (where every block's adjacency may be non-zero) in CSR form, as
+        non-persistent buffers: built here, eagerly, and moved with the model, so that the forward
+        pass computes no index tensors (under torch.compile with CUDA graphs, index tensors made
+        inside a graph and cached would be overwritten by its next replay). Rebuilt when a state
+        dict brings another ``A``."""
+        k, v, w = self.A.shape
+        csr = _Csr.of((self.A != 0).transpose(1, 2).reshape(k * w, v))
+        for name, value in csr._asdict().items():
+            self.register_buffer(f"_support_{name}", value, persistent=False)
+
+    def _support(self) -> _Csr:
+        return _Csr(*(getattr(self, f"_support_{name}") for name in _Csr._fields))
 
     def _check_input(self, x: Tensor) -> None:
         if x.dim() != 5:
@@ -610,9 +635,10 @@ class STGCN(nn.Module):
         n, c, t, v, m = x.shape
         x = x.permute(0, 4, 2, 3, 1).reshape(n * m * t, v * c)  # (N*M*T, V*C): one copy
         x = self.data_bn(x).view(n * m, t, v, c).transpose(1, 2).contiguous()  # (N*M, V, T, C): one copy
+        support = self._support()
         for i, block in enumerate(self.blocks):
             adjacency = self.A if self.edge_importance is None else self.A * self.edge_importance[i]
-            x = block(x, adjacency, self.A)
+            x = block(x, adjacency, support)
         return x.mean(dim=(1, 2)).view(n, m, -1).mean(dim=1)
 
     def forward(self, x: Tensor) -> Tensor:
