@@ -10,8 +10,9 @@ mixed through a transposed, padded matrix ("-aligned") and by the sparse Triton 
 instead of the plain batched product (stgcn.PORTABLE_MIX). The reference
 is the NCTV ST-GCN kept in tests/nctv_stgcn.py, measured in the same run; DESIGN section 5 has its
 H200 figures (54 ms width 64, 21.6 ms width 16 with AMP + channels_last). torch.compile is
-measured at width 16, then at width 64 while the time budget lasts (a compile costs tens of
-seconds; its time is in the note).
+measured while the time budget lasts (a compile costs tens of seconds; its time is in the note):
+first in reduce-overhead mode ("-ro": the compiled forward and backward replayed from CUDA
+graphs), then in the default mode, each at width 16, then 64.
 Whole run: about 1 s per eager case plus the compiles, under 150 s on an H100/H200.
 """
 
@@ -39,7 +40,7 @@ from skelcl.layouts import get_layout  # noqa: E402
 from skelcl.models import STGCN, stgcn_widths  # noqa: E402
 
 SUITE = "encoder_train_step"
-COMPILE_BUDGET_S = 35.0  # skip the compile case if the eager ones already used more than this
+COMPILE_BUDGET_S = 100.0  # a compiled case (about 40 s) starts only while less than this has gone
 
 
 def make_model(impl: str, width: int, device, channels_last_ref: bool = False) -> torch.nn.Module:
@@ -59,13 +60,18 @@ def make_model(impl: str, width: int, device, channels_last_ref: bool = False) -
 
 def make_step(model: torch.nn.Module, n: int, t: int, device, amp_dtype=torch.bfloat16, compile_model=False,
               cast_cache=True):
-    """A closure running one train step on a fixed random batch (N, 3, T, 25, 2)."""
+    """A closure running one train step on a fixed random batch (N, 3, T, 25, 2). ``compile_model``:
+    False, True (torch.compile's default mode) or a mode name such as "reduce-overhead"."""
     x = torch.randn(n, 3, t, 25, 2, device=device)
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
-    fwd = torch.compile(model) if compile_model else model
+    mode = compile_model if isinstance(compile_model, str) else None
+    fwd = torch.compile(model, mode=mode) if compile_model else model
+    graphed_modes = mode in ("reduce-overhead", "max-autotune")
     device_type = torch.device(device).type
 
     def step():
+        if graphed_modes:  # a new step for cudagraph trees: the previous step's outputs may be reused
+            torch.compiler.cudagraph_mark_step_begin()
         opt.zero_grad(set_to_none=True)
         with torch.autocast(device_type, dtype=amp_dtype, enabled=amp_dtype is not None,
                             cache_enabled=cast_cache):
@@ -143,7 +149,8 @@ def _measure(case, impl, build, warmup, repeats, n, ref_ms=None, extra_note=""):
         torch.cuda.empty_cache()
 
 
-def run(out_dir: str, quick: bool = False) -> list[dict]:
+def run(out_dir: str, quick: bool = False, impls: set[str] | None = None) -> list[dict]:
+    """``impls``: measure only these rows (e.g. {"skelcl-compile-ro"}); None: all of them."""
     os.makedirs(out_dir, exist_ok=True)
     n, t = 128, 64
     if not torch.cuda.is_available():
@@ -159,7 +166,7 @@ def run(out_dir: str, quick: bool = False) -> list[dict]:
     def builder(impl, width, **kw):
         return lambda: make_step(make_model(impl, width, dev), n, t, dev, **kw)
 
-    for width in (64, 16):
+    for width in (64, 16) if impls is None else ():
         case = f"w{width} N{n} T{t} M2 bf16"
         ref = _measure(case, "nctv-eager", builder("nctv", width), warmup, repeats, n)
         rows.append(ref)
@@ -177,15 +184,20 @@ def run(out_dir: str, quick: bool = False) -> list[dict]:
                                      repeats, n, ref["ms"], f"; {how}, replayed from a CUDA graph"))
             rows.append(_measure(case, "skelcl-eager-fp32", builder("skelcl", width, amp_dtype=None), warmup,
                                  repeats, n, None, "; fp32 (torch default TF32 settings), no reference row"))
-    for width in (16, 64):  # compiled: width 16 first; width 64 only while the budget lasts
+    # Compiled, while the budget lasts: first in mode reduce-overhead ("-ro", whose CUDA graphs replay the
+    # compiled forward and backward; the SGD update stays eager), then in the default mode.
+    compiled_cases = [(width, impl) for impl in ("skelcl-compile-ro", "skelcl-compile") for width in (16, 64)]
+    for width, impl in compiled_cases:
         case = f"w{width} N{n} T{t} M2 bf16"
-        if quick or time.perf_counter() - began > COMPILE_BUDGET_S * (1 if width == 16 else 2.5):
-            rows.append(_row(case, "skelcl-compile", note="skipped: quick mode or time budget"))
+        if impls is not None and impl not in impls:
             continue
-        ref_ms = next(r["ms"] for r in rows if r["case"] == case and r["impl"] == "nctv-eager")
-        compiled = builder("skelcl", width, compile_model=True)
-        rows.append(_measure(case, "skelcl-compile", compiled, warmup, repeats, n, ref_ms,
-                             " (first call = compile)"))
+        if quick or time.perf_counter() - began > COMPILE_BUDGET_S:
+            rows.append(_row(case, impl, note="skipped: quick mode or time budget"))
+            continue
+        ref_ms = next((r["ms"] for r in rows if r["case"] == case and r["impl"] == "nctv-eager"), None)
+        mode = "reduce-overhead" if impl.endswith("-ro") else True
+        rows.append(_measure(case, impl, builder("skelcl", width, compile_model=mode), warmup, repeats, n,
+                             ref_ms, " (first call = compile)"))
     _write(out_dir, list(rows))
     return list(rows)
 
@@ -196,7 +208,8 @@ def _write(out_dir: str, rows: list[dict]) -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 2:
-        raise SystemExit("usage: python bench/gpu_encoder.py OUT_DIR")
-    for r in run(sys.argv[1]):
+    if len(sys.argv) not in (2, 4) or (len(sys.argv) == 4 and sys.argv[2] != "--only"):
+        raise SystemExit("usage: python bench/gpu_encoder.py OUT_DIR [--only IMPL,IMPL...]")
+    only = set(sys.argv[3].split(",")) if len(sys.argv) == 4 and sys.argv[2] == "--only" else None
+    for r in run(sys.argv[1], impls=only):
         print(json.dumps(r))
