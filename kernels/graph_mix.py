@@ -14,6 +14,10 @@ product over V = 25 runs on unaligned, small-K GEMM kernels. One program writes 
 ``BLOCK_L`` piece of one output row; arithmetic is float32 (float64 for float64 inputs); outputs
 take the input's dtype. The value gradient writes one partial sum per (non-zero, block of
 sequences) and the caller sums them in a fixed order, so it is deterministic.
+
+Both are also registered as torch.library ops (``torch.ops.skelcl.graph_mix_triton`` and
+``torch.ops.skelcl.graph_mix_val_grad_triton``), which torch.compile keeps opaque: callers use them
+while compiling and the plain functions (a few microseconds cheaper per call) otherwise.
 """
 
 from __future__ import annotations
@@ -105,3 +109,26 @@ def graph_mix_val_grad(g: torch.Tensor, x: torch.Tensor, rows: torch.Tensor, col
                                         SEQ_PER_PROGRAM=seq_per_program, BLOCK_L=block,
                                         ACC_F64=x.dtype == torch.float64)
     return partial.sum(0).to(x.dtype)
+
+
+# Opaque to torch.compile (it neither traces the launches nor needs them traceable), with shapes for
+# its fake tensors.
+@torch.library.custom_op("skelcl::graph_mix_triton", mutates_args=())
+def _graph_mix_op(x: torch.Tensor, rowptr: torch.Tensor, col: torch.Tensor, val: torch.Tensor) -> torch.Tensor:
+    return graph_mix(x, rowptr, col, val)
+
+
+@_graph_mix_op.register_fake
+def _(x, rowptr, col, val):
+    return x.new_empty(x.shape[0], rowptr.shape[0] - 1, x.shape[2])
+
+
+@torch.library.custom_op("skelcl::graph_mix_val_grad_triton", mutates_args=())
+def _graph_mix_val_grad_op(g: torch.Tensor, x: torch.Tensor, rows: torch.Tensor,
+                           col: torch.Tensor) -> torch.Tensor:
+    return graph_mix_val_grad(g, x, rows, col)
+
+
+@_graph_mix_val_grad_op.register_fake
+def _(g, x, rows, col):
+    return x.new_empty(col.shape[0])

@@ -442,3 +442,27 @@ def test_mixing_pattern_is_built_once_and_follows_a_loaded_adjacency(rng):
         dense.load_state_dict(state)
         dense._support = lambda: None  # GraphConv then mixes densely with the current values
         torch.testing.assert_close(sparse_out, dense(x), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+@pytest.mark.triton
+def test_torch_compile_with_sparse_triton_mixing_matches_eager(monkeypatch, triton_device):
+    """torch.compile over the sparse Triton mixing (its kernels called through their torch.library
+    ops while tracing): outputs and every gradient as in eager mode. On CPU the portable path is
+    forced (float32) and the kernels run through the interpreter."""
+    monkeypatch.setattr(stgcn_module, "PORTABLE_MIX", "sparse")
+    monkeypatch.setattr(stgcn_module, "_cpu", lambda x: False)
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = STGCN(widths=(4, 8), dropout=0.0).to(triton_device)
+    x = torch.randn(2, 3, 6, 25, 2, device=triton_device)
+    results = []
+    for fn in (model, torch.compile(model, fullgraph=True)):
+        model.zero_grad(set_to_none=True)
+        out = fn(x)
+        (out * torch.linspace(-1, 1, out.numel(), device=x.device).view(out.shape)).sum().backward()
+        results.append((out.detach(), {n: p.grad for n, p in model.named_parameters()}))
+    (eager, eager_grads), (compiled, compiled_grads) = results
+    torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-5)
+    for name, grad in eager_grads.items():
+        torch.testing.assert_close(compiled_grads[name], grad, rtol=1e-4, atol=1e-5, msg=name)

@@ -377,32 +377,41 @@ class _MixAligned(torch.autograd.Function):
 class _SparseMixTriton(torch.autograd.Function):
     """``(b, V, L)`` -> ``(b, R, L)`` mixed by the ``(R, V)`` matrix ``mix`` on the non-zeros ``csr``
     of its support, with the Triton kernels; gradients w.r.t. the input and ``mix`` (on the support).
+    While torch.compile traces, the kernels are called through their torch.library ops, which it
+    keeps opaque; the index tensors are saved as tensors so that the traced backward gets them.
     """
 
     @staticmethod
     def forward(ctx, x3: Tensor, mix: Tensor, csr: _Csr) -> Tensor:
-        from skelcl.kernels.graph_mix import graph_mix
-
+        mix_op, _ = _sparse_mix_kernels()
         x3 = x3.contiguous()
         val = mix[csr.rows, csr.cols].to(x3.dtype).contiguous()
-        ctx.save_for_backward(x3, val)
-        ctx.csr, ctx.mix_shape, ctx.mix_dtype = csr, mix.shape, mix.dtype
-        return graph_mix(x3, csr.rowptr, csr.cols, val)
+        ctx.save_for_backward(x3, val, *csr)
+        ctx.mix_shape, ctx.mix_dtype = mix.shape, mix.dtype
+        return mix_op(x3, csr.rowptr, csr.cols, val)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        from skelcl.kernels.graph_mix import graph_mix, graph_mix_val_grad
-
-        x3, val = ctx.saved_tensors
-        csr = ctx.csr
+        mix_op, val_grad_op = _sparse_mix_kernels()
+        x3, val, *indices = ctx.saved_tensors
+        csr = _Csr(*indices)
         grad = grad.contiguous().to(x3.dtype)
         grad_x = grad_mix = None
         if ctx.needs_input_grad[0]:
-            grad_x = graph_mix(grad, csr.t_rowptr, csr.t_col, val[csr.by_col].contiguous())
+            grad_x = mix_op(grad, csr.t_rowptr, csr.t_col, val[csr.by_col].contiguous())
         if ctx.needs_input_grad[1]:
-            grad_val = graph_mix_val_grad(grad, x3, csr.rows, csr.cols).to(ctx.mix_dtype)
+            grad_val = val_grad_op(grad, x3, csr.rows, csr.cols).to(ctx.mix_dtype)
             grad_mix = grad_val.new_zeros(ctx.mix_shape).index_put_((csr.rows, csr.cols), grad_val)
         return grad_x, grad_mix, None
+
+
+def _sparse_mix_kernels():
+    """(mixing, value gradient): the Triton launchers, or their torch.library ops while compiling."""
+    from skelcl.kernels import graph_mix as kernels
+
+    if torch.compiler.is_compiling():
+        return torch.ops.skelcl.graph_mix_triton, torch.ops.skelcl.graph_mix_val_grad_triton
+    return kernels.graph_mix, kernels.graph_mix_val_grad
 
 
 class GraphConv(nn.Module):
