@@ -196,6 +196,8 @@ def run(out_dir: str, quick: bool = False, sizes: list[int] | None = None, impls
     from skelcl import reference
     from skelcl.ops import ntxent_loss
 
+    if not torch.cuda.is_available():
+        return [_row("ntxent-fwd-bwd", "-", "fused", note="skipped: no CUDA device")]
     budget_s = 25.0 if quick else 100.0
     t_start = time.monotonic()
     sizes = sizes or ([4096, 65536, 1048576] if quick else SIZES)
