@@ -466,3 +466,15 @@ def test_torch_compile_with_sparse_triton_mixing_matches_eager(monkeypatch, trit
     torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-5)
     for name, grad in eager_grads.items():
         torch.testing.assert_close(compiled_grads[name], grad, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_stgcn_can_be_made_on_the_meta_device_and_loaded(rng):
+    """Meta-device construction (shapes only, no memory) still works with the mixing-pattern
+    buffers; after to_empty, loading a state dict rebuilds them from the loaded A."""
+    with torch.device("meta"):
+        model = STGCN(widths=(4, 8))
+    assert model.A.is_meta and model._support().rows.is_meta
+    source = STGCN(widths=(4, 8))
+    model.to_empty(device="cpu").load_state_dict(source.state_dict())
+    x = torch.randn(2, 3, 5, 25, 2, generator=rng)
+    torch.testing.assert_close(model(x), source(x))

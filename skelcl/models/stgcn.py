@@ -616,10 +616,14 @@ class STGCN(nn.Module):
         pass computes no index tensors (under torch.compile with CUDA graphs, index tensors made
         inside a graph and cached would be overwritten by its next replay). Rebuilt when a state
         dict brings another ``A``."""
-        k, v, w = self.A.shape
-        csr = _Csr.of((self.A != 0).transpose(1, 2).reshape(k * w, v))
+        a = self.A
+        if a.is_meta:  # a model made on the meta device: the layout's partitions give the pattern
+            with torch.device("cpu"):
+                a = self.layout.adjacency_partitions()
+        k, v, w = a.shape
+        csr = _Csr.of((a != 0).transpose(1, 2).reshape(k * w, v))
         for name, value in csr._asdict().items():
-            self.register_buffer(f"_support_{name}", value, persistent=False)
+            self.register_buffer(f"_support_{name}", value.to(self.A.device), persistent=False)
 
     def _support(self) -> _Csr:
         return _Csr(*(getattr(self, f"_support_{name}") for name in _Csr._fields))
