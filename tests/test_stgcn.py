@@ -114,15 +114,20 @@ def test_portable_path_matches_nctv(rng, monkeypatch, mix):
     _check_against_nctv(rng, frozen=("data_bn.", "edge_importance."), input_grad=False)
 
 
-def _mixing_results(model, x, mix, monkeypatch, amp):
-    """Output and parameter gradients of one forward/backward with the joints mixed the ``mix`` way,
-    under bfloat16 autocast when ``amp``."""
-    monkeypatch.setattr(stgcn_module, "PORTABLE_MIX", mix)
+def _output_and_grads(fn, model, x, amp=False):
+    """Output and parameter gradients of one forward/backward of ``fn`` (``model``, or ``model``
+    compiled), under bfloat16 autocast when ``amp``."""
     model.zero_grad(set_to_none=True)
     with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
-        out = model(x).float()
+        out = fn(x).float()
     (out * torch.linspace(-1, 1, out.numel(), device=x.device).view(out.shape)).sum().backward()
     return {"output": out.detach(), **{n: p.grad for n, p in model.named_parameters()}}
+
+
+def _mixing_results(model, x, mix, monkeypatch, amp):
+    """``_output_and_grads`` with the joints mixed the ``mix`` way."""
+    monkeypatch.setattr(stgcn_module, "PORTABLE_MIX", mix)
+    return _output_and_grads(model, model, x, amp)
 
 
 def _check_mixings_against_float64(monkeypatch, device, amp, mixes, tol, t=20):
@@ -456,16 +461,10 @@ def test_torch_compile_with_sparse_triton_mixing_matches_eager(monkeypatch, trit
     torch.manual_seed(0)
     model = STGCN(widths=(4, 8), dropout=0.0).to(triton_device)
     x = torch.randn(2, 3, 6, 25, 2, device=triton_device)
-    results = []
-    for fn in (model, torch.compile(model, fullgraph=True)):
-        model.zero_grad(set_to_none=True)
-        out = fn(x)
-        (out * torch.linspace(-1, 1, out.numel(), device=x.device).view(out.shape)).sum().backward()
-        results.append((out.detach(), {n: p.grad for n, p in model.named_parameters()}))
-    (eager, eager_grads), (compiled, compiled_grads) = results
-    torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-5)
-    for name, grad in eager_grads.items():
-        torch.testing.assert_close(compiled_grads[name], grad, rtol=1e-4, atol=1e-5, msg=name)
+    eager = _output_and_grads(model, model, x)
+    compiled = _output_and_grads(torch.compile(model, fullgraph=True), model, x)
+    for name, want in eager.items():
+        torch.testing.assert_close(compiled[name], want, rtol=1e-4, atol=1e-5, msg=name)
 
 
 def test_stgcn_can_be_made_on_the_meta_device_and_loaded(rng):
