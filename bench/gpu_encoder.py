@@ -217,6 +217,6 @@ def _write(out_dir: str, rows: list[dict]) -> None:
 if __name__ == "__main__":
     if len(sys.argv) not in (2, 4) or (len(sys.argv) == 4 and sys.argv[2] != "--only"):
         raise SystemExit("usage: python bench/gpu_encoder.py OUT_DIR [--only IMPL,IMPL...]")
-    only = set(sys.argv[3].split(",")) if len(sys.argv) == 4 and sys.argv[2] == "--only" else None
+    only = set(sys.argv[3].split(",")) if len(sys.argv) == 4 else None
     for r in run(sys.argv[1], impls=only):
         print(json.dumps(r))
