@@ -39,3 +39,12 @@ def on_device(t):
     if t.is_cuda and not torch.compiler.is_compiling():
         return torch.cuda.device(t.device)
     return contextlib.nullcontext()
+
+
+def capturing(t) -> bool:
+    """True while ``t``'s CUDA stream is being captured into a CUDA graph, where nothing may be read
+    back to the host (input checks that sync are skipped then). False for CPU tensors and while
+    torch.compile traces: dynamo cannot trace the query, and compiled code does not run the checks."""
+    import torch
+
+    return t.is_cuda and not torch.compiler.is_compiling() and torch.cuda.is_current_stream_capturing()

@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 
 from skelcl import reference
+from skelcl.kernels import capturing
 from skelcl.views import ViewSampler, get_sampler
 
 __all__ = ["view_augment", "two_views"]
@@ -78,8 +79,7 @@ def _check_params(x: Tensor, angles, shift, per_frame: bool) -> tuple[Tensor, Te
             raise ValueError(f"{name} must be a real tensor, got {value.dtype}")
         # One small reduction (and a host sync on GPU); skipped while torch.compile traces and while
         # a CUDA graph is captured (nothing can be read back then).
-        # (dynamo cannot trace is_current_stream_capturing, so it is not asked while compiling)
-        skip = torch.compiler.is_compiling() or (value.is_cuda and torch.cuda.is_current_stream_capturing())
+        skip = torch.compiler.is_compiling() or capturing(value)
         if not skip and not bool(torch.isfinite(value).all()):
             raise ValueError(f"{name} contains NaN or Inf")
     acc = _acc_dtype(x)

@@ -40,6 +40,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from skelcl.kernels import capturing
+
 __all__ = ["ntxent_loss", "NonFiniteInputError", "BACKENDS"]
 
 BACKENDS = ("auto", "triton", "cpu", "torch")
@@ -182,15 +184,10 @@ def _backward(backend, q, keys, lse_all, z1, z2, inv, grad, n_local, offset, n_t
     return dz.to(z1.dtype)
 
 
-def _capturing(t: Tensor) -> bool:
-    """True while ``t``'s CUDA stream is being captured into a CUDA graph, where nothing may be read
-    back to the host (the NaN/Inf check below is then skipped: a NaN input gives a NaN loss)."""
-    return t.is_cuda and torch.cuda.is_current_stream_capturing()
-
-
 def _nonfinite_message(sumsq: Tensor, n: int) -> str | None:
-    """One reduction over the 2N row norms: NaN or Inf anywhere in a row makes its sum of squares so."""
-    if _capturing(sumsq) or bool(torch.isfinite(sumsq).all()):
+    """One reduction over the 2N row norms: NaN or Inf anywhere in a row makes its sum of squares so.
+    Skipped while a CUDA graph is captured (no read-back then): a NaN input gives a NaN loss."""
+    if capturing(sumsq) or bool(torch.isfinite(sumsq).all()):
         return None
     which = "z1" if not bool(torch.isfinite(sumsq[:n]).all()) else "z2"
     return f"{which} contains NaN or Inf (or values so large that their squares overflow)"
