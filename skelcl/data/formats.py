@@ -30,9 +30,11 @@ from __future__ import annotations
 
 import glob
 import json
+import numbers
 import os
 import pickle
 import zipfile
+from collections.abc import Callable
 
 import numpy as np
 
@@ -177,17 +179,13 @@ def _load_stgcn(path: str, layout: str | None) -> SkeletonArrays:
             raise ValueError(f"ST-GCN data {data!r}: expected (N, 3, T, V, M), got shape {x.shape}")
         if x.dtype != np.float32:  # the API promises float32; only a non-float32 file is read into memory
             x = np.asarray(x, dtype=np.float32)
-        try:
-            sample_names, labels = _load_label_pickle(label)
-        except Exception as e:  # a pickle can fail in many ways; all mean the same to the user
-            problem = f"expected a pickled (names, labels) pair ({e})"
-            raise ValueError(f"ST-GCN label file {label!r}: {problem}") from e
+        sample_names, labels = _read_label_pickle(label)
         if len(labels) != len(x):
             problem = f"{len(labels)} labels for {len(x)} samples in {data!r}"
             raise ValueError(f"ST-GCN label file {label!r}: {problem}")
         xs.append(x)
-        ys.append(np.asarray(labels, dtype=np.int64))
-        names.append(np.asarray([str(n).split(".")[0] for n in sample_names]))
+        ys.append(labels)
+        names.append(np.asarray([n.split(".")[0] for n in sample_names]))
         train.append(np.full(len(x), is_train))
     # both parts stay memory-mapped: a RowConcat reads each row from the file that holds it
     x = xs[0] if len(xs) == 1 else RowConcat(xs)
@@ -200,6 +198,9 @@ def _load_stgcn(path: str, layout: str | None) -> SkeletonArrays:
     )
 
 
+_LABEL_PICKLE = "expected a pickle of (sample_names: list[str], labels: list[int])"
+
+
 def _load_label_pickle(path: str):
     with open(path, "rb") as f:
         try:
@@ -207,6 +208,103 @@ def _load_label_pickle(path: str):
         except UnicodeDecodeError:  # written by Python 2 (NumPy arrays inside): what its feeders retry with
             f.seek(0)
             return pickle.load(f, encoding="latin1")
+
+
+def _read_label_pickle(path: str) -> tuple[list[str], np.ndarray]:
+    """(sample names, int64 labels) of an ST-GCN label pickle; any other content raises a ValueError
+    that names the file and says what it holds instead."""
+    source = f"ST-GCN label file {path!r}"
+    try:
+        obj = _load_label_pickle(path)
+    except Exception as e:  # a pickle can fail in many ways; all mean the same to the user
+        raise ValueError(f"{source} cannot be unpickled ({e}); {_LABEL_PICKLE}") from e
+    problem = _label_pickle_problem(obj)
+    if problem:
+        raise ValueError(f"{source}: {problem}; {_LABEL_PICKLE}")
+    names, labels = obj
+    return [str(n) for n in names], _int_labels(labels, source, "labels")
+
+
+def _is_text(value) -> bool:
+    return isinstance(value, (str, np.str_))
+
+
+def _label_pickle_problem(obj) -> str | None:
+    """What keeps ``obj`` from being a (names, labels) pair, or None."""
+    if isinstance(obj, dict):  # unpacking one would take its first two keys for names and labels
+        keys = ", ".join(map(repr, list(obj)[:4])) + (", ..." if len(obj) > 4 else "")
+        return f"it holds a dict (keys {keys}), not a (names, labels) pair"
+    if not isinstance(obj, (tuple, list)) or len(obj) != 2:
+        size = f" of {len(obj)} items" if isinstance(obj, (tuple, list)) else ""
+        return f"it holds a {type(obj).__name__}{size}, not a (names, labels) pair"
+    names, labels = obj
+    if not _is_sequence(names):
+        return f"sample names must be a list of strings, found {_show(names)}"
+    if not _is_sequence(labels):
+        return f"labels must be a list of integers, found {_show(labels)}"
+    if len(names) and not _is_text(names[0]) and len(labels) and _is_text(labels[0]):
+        return "the pair looks swapped: it is (labels, names)"
+    odd = next((i for i, n in enumerate(names) if not _is_text(n)), None)
+    if odd is not None:
+        return f"sample names must be a list of strings, names[{odd}] is {names[odd]!r}"
+    if len(names) != len(labels):
+        return f"it has {len(names)} sample names but {len(labels)} labels"
+    return None
+
+
+def _show(value) -> str:
+    text = repr(value)
+    return f"a {type(value).__name__} {text if len(text) <= 40 else text[:37] + '...'}"
+
+
+def _is_sequence(value) -> bool:
+    return isinstance(value, (list, tuple, np.ndarray)) and np.ndim(value) == 1
+
+
+def _int_labels(values, source: str, key: str, where: Callable[[int], str] | None = None) -> np.ndarray:
+    """``values`` as (N,) int64 class labels. A label that is not a whole number >= 0 (3.0 is one;
+    1.5, -1 and NaN are not) raises a ValueError naming ``source`` and the first bad label, as
+    ``where(i)`` words it (default ``key[i] =``): a cast would silently truncate it."""
+    where = where or (lambda i: f"{key}[{i}] =")
+    y = np.asarray(values)
+    if y.ndim != 1:
+        raise ValueError(f"{source}: {key} must hold one label per sample, got shape {y.shape}")
+    if y.dtype.kind not in "biuf":
+        for i, v in enumerate(y.tolist()):
+            if not isinstance(v, numbers.Real):
+                raise ValueError(f"{source}: {where(i)} {v!r} is not a number")
+        y = y.astype(np.float64)
+    problem = _label_problem(y)
+    if problem is not None:
+        i, what = problem
+        raise ValueError(f"{source}: {where(i)} {y[i].item()!r} {what}")
+    return y.astype(np.int64)
+
+
+def _label_problem(y: np.ndarray) -> tuple[int, str] | None:
+    """(index, problem) of the first label that is not a class index, or None."""
+    if y.dtype.kind == "f":
+        fractional = ~np.isfinite(y) | (y != np.round(y))
+        if fractional.any():
+            return int(np.argmax(fractional)), "is not a whole number"
+    negative = y < 0
+    if negative.any():
+        return int(np.argmax(negative)), "is negative"
+    return None
+
+
+def _one_hot_labels(y: np.ndarray, source: str, key: str) -> np.ndarray:
+    """Class indices of one-hot rows (N, classes); a row that is not exactly one 1 and zeros raises
+    a ValueError naming ``key[i]``: argmax would make an all-zero row class 0 and a two-hot row its
+    first class."""
+    ones = (y == 1).sum(axis=1)
+    others = ((y != 0) & (y != 1)).sum(axis=1)
+    bad = (ones != 1) | (others != 0)
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise ValueError(f"{source}: {key}[{i}] is not a one-hot row: it has {ones[i]} entries equal to 1 "
+                         f"and {others[i]} other non-zero entries (expected exactly one 1, zeros elsewhere)")
+    return y.argmax(axis=1).astype(np.int64)
 
 
 def _npz_member(z, path: str, key: str) -> np.ndarray:
@@ -284,8 +382,9 @@ def _load_skelcl_npz(z, path: str, layout: str | None) -> SkeletonArrays:
         splits["given"] = split == "train"
     if opt["length"] is None:
         opt["length"] = infer_lengths(x)
+    y = _int_labels(z["y"], f"skelcl npz {path!r}", "y")
     return SkeletonArrays(
-        x=x, y=z["y"], layout=infer_layout(x.shape[3], layout, path),
+        x=x, y=y, layout=infer_layout(x.shape[3], layout, path),
         **{k: v for k, v in opt.items()}, splits=_with_name_splits(splits, opt["name"]),
     )
 
@@ -305,7 +404,9 @@ def _load_ctrgcn(z, path: str, layout: str | None) -> SkeletonArrays:
         if len(y) != n or y.ndim not in (1, 2):
             raise ValueError(f"CTR-GCN npz {path!r}: y_{part} must be ({n},) labels or ({n}, classes) "
                              f"one-hot, got shape {y.shape}")
-        parts.append((part, x, y.argmax(axis=1) if y.ndim == 2 else y.astype(np.int64)))
+        source, key = f"CTR-GCN npz {path!r}", f"y_{part}"
+        labels = _one_hot_labels(y, source, key) if y.ndim == 2 else _int_labels(y, source, key)
+        parts.append((part, x, labels))
     v = {x.shape[2] // 6 for _, x, _ in parts}
     if len(v) > 1:
         raise ValueError(f"CTR-GCN npz {path!r}: x_train and x_test have different joint counts {sorted(v)}")
@@ -367,8 +468,10 @@ def _load_pyskl(path: str, layout: str | None) -> SkeletonArrays:
         if key.endswith("_train"):
             splits[key[: -len("_train")]] = np.isin(names, np.asarray(list(members), dtype=str))
     subject, view, setup = _ntu_fields(names)
+    y = _int_labels([a["label"] for a in ann], f"pyskl file {path!r}", "label",
+                    where=lambda i: f"annotations[{i}] ({str(names[i])!r}): label")
     return SkeletonArrays(
-        x=x, y=np.asarray([a["label"] for a in ann], dtype=np.int64), layout=infer_layout(v, layout, path),
+        x=x, y=y, layout=infer_layout(v, layout, path),
         name=names, subject=subject, view=view, setup=setup, length=lengths,
         splits=_with_name_splits(splits, names),
     )

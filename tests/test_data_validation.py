@@ -1,0 +1,132 @@
+"""What the loaders refuse, and how they say it: bad labels, malformed label pickles, non-finite
+coordinates, empty splits; and what they now read: pyskl's plain and per-fold splits, raw folders
+holding samples of the missing-skeleton list, the class count of NTU data."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+
+from skelcl.data import load_dataset
+
+NAMES = ["S001C001P001R001A001", "S001C002P002R001A005", "S001C003P003R001A007"]
+
+
+def _x(n=3, t=6, v=25, m=2, seed=0):
+    return np.random.default_rng(seed).normal(size=(n, 3, t, v, m)).astype(np.float32)
+
+
+def _stgcn(tmp_path, labels_obj, x=None):
+    """An ST-GCN folder with train_data_joint.npy and ``labels_obj`` pickled as train_label.pkl."""
+    np.save(tmp_path / "train_data_joint.npy", _x() if x is None else x)
+    with open(tmp_path / "train_label.pkl", "wb") as f:
+        pickle.dump(labels_obj, f)
+    return str(tmp_path / "train_label.pkl")
+
+
+def _pyskl(tmp_path, labels=(0, 1, 2), split=None, keypoints=None, names=None):
+    names = names or [f"clip{i}" for i in range(len(labels))]
+    ann = []
+    for i, (name, label) in enumerate(zip(names, labels)):
+        kp = np.ones((1, 4, 17, 2), np.float32) if keypoints is None else keypoints[i]
+        ann.append({"frame_dir": name, "label": label, "keypoint": kp, "total_frames": kp.shape[1]})
+    with open(tmp_path / "a.pkl", "wb") as f:
+        pickle.dump({"split": split or {}, "annotations": ann}, f)
+    return str(tmp_path / "a.pkl")
+
+
+# ---------------------------------------------------------------------------------------------------
+# labels
+
+
+@pytest.mark.parametrize("labels, match", [
+    ([0.0, 1.5, 2.0], r"labels\[1\] = 1.5 is not a whole number"),
+    ([0, -1, 2], r"labels\[1\] = -1 is negative"),
+    ([0.0, 2.0, float("nan")], r"labels\[2\] = nan is not a whole number"),
+])
+def test_stgcn_rejects_bad_labels_naming_file_and_index(tmp_path, labels, match):
+    label_file = _stgcn(tmp_path, (NAMES, labels))
+    with pytest.raises(ValueError, match=match) as info:
+        load_dataset(tmp_path)
+    assert label_file in str(info.value)
+
+
+def test_integral_float_labels_are_taken(tmp_path):
+    _stgcn(tmp_path, (NAMES, [0.0, 4.0, 6.0]))
+    assert load_dataset(tmp_path).y.tolist() == [0, 4, 6]
+    np.savez(tmp_path / "d.npz", x=_x(), y=np.array([3.0, 0.0, 1.0]))
+    assert load_dataset(tmp_path / "d.npz").y.tolist() == [3, 0, 1]
+
+
+def test_pyskl_rejects_a_fractional_label_naming_the_sample(tmp_path):
+    path = _pyskl(tmp_path, labels=(0, 2.7, 1))
+    match = r"annotations\[1\] \('clip1'\): label 2.7 is not a whole number"
+    with pytest.raises(ValueError, match=match) as info:
+        load_dataset(path)
+    assert path in str(info.value)
+    assert load_dataset(_pyskl(tmp_path, labels=(0, 2.0, 1))).y.tolist() == [0, 2, 1]
+
+
+@pytest.mark.parametrize("y, match", [
+    (np.array([2.5, 0, 1]), r"y\[0\] = 2.5 is not a whole number"),
+    (np.array([0, 1, -3]), r"y\[2\] = -3 is negative"),
+])
+def test_skelcl_npz_rejects_bad_labels(tmp_path, y, match):
+    np.savez(tmp_path / "d.npz", x=_x(), y=y)
+    with pytest.raises(ValueError, match=match) as info:
+        load_dataset(tmp_path / "d.npz")
+    assert str(tmp_path / "d.npz") in str(info.value)
+
+
+@pytest.mark.parametrize("row, match", [
+    (np.zeros(60), r"y_train\[1\] .*0 entries equal to 1"),
+    (np.eye(60)[3] + np.eye(60)[7], r"y_train\[1\] .*2 entries equal to 1"),
+    (np.eye(60)[3] * 0.9, r"y_train\[1\] .*0 entries equal to 1"),
+])
+def test_ctrgcn_rejects_rows_that_are_not_one_hot(tmp_path, row, match):
+    y = np.eye(60)[[1, 2, 3]]
+    y[1] = row
+    np.savez(tmp_path / "c.npz", x_train=np.ones((3, 4, 150), np.float32), y_train=y)
+    with pytest.raises(ValueError, match=match) as info:
+        load_dataset(tmp_path / "c.npz")
+    assert str(tmp_path / "c.npz") in str(info.value)
+
+
+def test_ctrgcn_integer_labels_are_checked_too(tmp_path):
+    np.savez(tmp_path / "c.npz", x_train=np.ones((2, 4, 150), np.float32), y_train=np.array([1.0, 0.5]))
+    with pytest.raises(ValueError, match=r"y_train\[1\] = 0.5 is not a whole number"):
+        load_dataset(tmp_path / "c.npz")
+
+
+# ---------------------------------------------------------------------------------------------------
+# ST-GCN label pickles: every malformed one names the file and says what is wrong
+
+
+@pytest.mark.parametrize("obj, match", [
+    ((NAMES[:2], [0, 1, 2]), "2 sample names but 3 labels"),
+    (([0, 1, 2], NAMES), r"swapped.*\(labels, names\)"),
+    (dict(zip(NAMES, [0, 1, 2])), "a dict"),
+    ({"names": NAMES, "labels": [0, 1, 2]}, "a dict"),
+    ((NAMES, [0, 1, 2], "extra"), "a tuple of 3 items"),
+    ([1, 2], "sample names must be a list of strings"),
+    ((NAMES, ["a", "b", "c"]), r"labels\[0\] = 'a' is not a number"),
+    ((NAMES[:2], [0, 1]), "2 labels for 3 samples"),
+])
+def test_malformed_label_pickles_say_what_is_wrong_with_which_file(tmp_path, obj, match):
+    label_file = _stgcn(tmp_path, obj)
+    with pytest.raises(ValueError, match=match) as info:
+        load_dataset(tmp_path)
+    message = str(info.value)
+    assert label_file in message
+    assert "name has" not in message and "invalid literal" not in message
+
+
+def test_unreadable_label_pickle_names_the_expected_structure(tmp_path):
+    label_file = _stgcn(tmp_path, (NAMES, [0, 1, 2]))
+    with open(label_file, "wb") as f:
+        f.write(b"not a pickle")
+    with pytest.raises(ValueError, match=r"sample_names: list\[str\], labels: list\[int\]") as info:
+        load_dataset(tmp_path)
+    assert label_file in str(info.value)
