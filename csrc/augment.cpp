@@ -38,7 +38,7 @@ bool slot_present(const scalar_t* plane, int64_t m, int64_t V, int64_t M, int64_
   for (int64_t c = 0; c < 3; ++c) {
     const scalar_t* p = plane + c * chan_stride + m;
     for (int64_t v = 0; v < V; ++v) {
-      if (static_cast<float>(p[v * M]) != 0.0f) return true;
+      if (static_cast<double>(p[v * M]) != 0.0) return true;  // double: tiny float64 values count
     }
   }
   return false;

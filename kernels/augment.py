@@ -138,6 +138,8 @@ def view_augment_triton(x: torch.Tensor, angles: torch.Tensor, shift: torch.Tens
     """
     n_seq, _, n_frames, n_joints, n_persons = x.shape
     n_views = angles.shape[0]
+    # the kernel reads each (alpha, beta, gamma) and (dx, dy, dz) as 3 adjacent values
+    angles, shift = angles.contiguous(), shift.contiguous()
     shape = (n_views, n_seq, 3, n_frames, n_joints, n_persons)
     if out is None:
         out = torch.empty(shape, dtype=x.dtype, device=x.device)

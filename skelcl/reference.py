@@ -57,6 +57,8 @@ def body_center(x: Tensor, center_joint: int) -> Tensor:
 
     A sequence in which person 0 never appears has no reference point: its centre is zero.
     """
+    if x.shape[2] == 0 or x.shape[4] == 0:  # no frame or no person slot: nothing to centre on
+        return x.new_zeros(x.shape[0], 3)
     present0 = present_mask(x)[:, :, 0]  # (N, T)
     first = present0.to(torch.uint8).argmax(dim=1)  # first True, or 0 when none
     n = torch.arange(x.shape[0], device=x.device)

@@ -77,6 +77,8 @@ class ViewSampler:
             raise ValueError("random_angles and fixed_angles_deg must have 3 entries (alpha, beta, gamma)")
         for key in ("alpha_range_deg", "beta_range_deg", "gamma_range_deg"):
             lo, hi = getattr(self, key)
+            if not (math.isfinite(float(lo)) and math.isfinite(float(hi))):
+                raise ValueError(f"{key} must be finite, got {(lo, hi)}")
             if not lo <= hi:
                 raise ValueError(f"{key} must be (low, high) with low <= high, got {(lo, hi)}")
         values = [*self.angle_set_deg, *self.fixed_angles_deg, self.distance_max, self.distance_fixed]

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import warnings
 
 import pytest
@@ -69,7 +72,8 @@ def test_matches_reference(backend, dtype, n, t, v, m, per_frame, rng):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("shape", [(0, 3, 4, 5, 2), (2, 3, 1, 1, 1), (1, 3, 3, 2, 3)])
+@pytest.mark.parametrize("shape", [(0, 3, 4, 5, 2), (2, 3, 0, 5, 2), (2, 3, 4, 5, 0), (2, 3, 1, 1, 1),
+                                   (1, 3, 3, 2, 3)])
 def test_edge_shapes(backend, shape, rng):
     x = torch.randn(shape, generator=rng).to(device_of(backend))
     angles, shift = make_params(rng, shape[0], shape[2], per_frame=True)
@@ -179,6 +183,39 @@ def test_two_views_equal_two_single_views(backend):
     torch.testing.assert_close(n1.cpu(), view_augment(x.cpu(), zero, zero, backend="torch"))
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("per_frame", [False, True])
+def test_non_contiguous_angles_and_shift(backend, per_frame, rng):
+    """Parameters may come as any view: transposed (last stride not 1) or every other row."""
+    x = make_x(rng, 3, 5, 4, 2).to(device_of(backend))
+    angles, shift = make_params(rng, 6, 5, per_frame=per_frame)
+    angles_t = angles.mT.contiguous().mT  # same values, stride 1 along N or T, not along xyz
+    assert not angles_t.is_contiguous()
+    for a, s in ((angles_t[::2], shift[::2]), (angles[::2], shift.mT.contiguous().mT[1::2])):
+        out = view_augment(x, a.to(x.device), s.to(x.device), per_frame=per_frame, backend=backend)
+        assert_matches_reference(out, x, a, s, per_frame)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_tiny_float64_values_count_as_present(backend, rng):
+    """Presence is "not exactly zero" in x's own precision: 1e-50 is a joint, not padding."""
+    x = make_x(rng, 2, 4, 3, 2).to(device_of(backend))
+    x[0, :, 0, :, 0] = 1e-50  # person 0's first frame: tiny but present, so the centre comes from it
+    angles, shift = make_params(rng, 2, 4, per_frame=False)
+    out = view_augment(x, angles.to(x.device), shift.to(x.device), backend=backend)
+    assert_matches_reference(out, x, angles, shift, False)
+
+
+def test_numpy_integer_center_joint(rng):
+    np = pytest.importorskip("numpy")
+    x = make_x(rng, 2, 4, 3, 2)
+    angles, shift = make_params(rng, 2, 4, per_frame=False)
+    out = view_augment(x, angles, shift, center_joint=np.int64(2), backend="torch")
+    assert_matches_reference(out, x, angles, shift, False, center_joint=2)
+    with pytest.raises(ValueError, match="center_joint must be an int"):
+        view_augment(x, angles, shift, center_joint=2.0)
+
+
 @pytest.mark.parametrize(
     "kwargs, word",
     [
@@ -253,6 +290,31 @@ def test_torch_compile_fullgraph_through_cpu_op(rng):
     fn(xe, angles, shift).backward()
     torch.testing.assert_close(loss, fn(x, angles, shift))
     torch.testing.assert_close(xc.grad, xe.grad)
+
+
+_FIRST_CALL_COMPILED = """
+import torch
+from skelcl.ops import view_augment
+gen = torch.Generator().manual_seed(0)
+x = torch.randn(2, 3, 5, 25, 2, generator=gen)
+a, s = torch.rand(2, 3, generator=gen), torch.randn(2, 3, generator=gen)
+f = torch.compile(lambda x, a, s: view_augment(x, a, s, backend="cpu"), fullgraph=True, backend="aot_eager")
+err = (f(x, a, s) - view_augment(x, a, s, backend="torch")).abs().max().item()
+print("max error", err)
+assert err < 1e-5
+"""
+
+
+def test_torch_compile_traces_a_first_call():
+    """In a fresh process, the first call of the op may be inside the compiled function: the C++
+    build and op registration run eagerly while dynamo traces."""
+    if aug._cpu_op() is None:
+        pytest.skip("the C++ extension could not be built")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = os.environ | {"PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-c", _FIRST_CALL_COMPILED], capture_output=True, text=True,
+                          env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
 
 
 @pytest.mark.slow

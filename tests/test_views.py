@@ -114,6 +114,8 @@ def test_get_sampler_overrides_and_dict_form():
         (lambda: ViewSampler(distance="far"), "distance"),
         (lambda: ViewSampler(direction="up"), "direction"),
         (lambda: ViewSampler(beta_range_deg=(10.0, -10.0)), "beta_range_deg"),
+        (lambda: ViewSampler(angles="continuous", alpha_range_deg=(0.0, float("inf"))),
+         "alpha_range_deg must be finite"),
         (lambda: ViewSampler(unit=float("nan")), "finite"),
         (lambda: ViewSampler(distance_max=2.5), "distance_max"),
         (lambda: PRESETS["paper"].sample(-1), "n must"),

@@ -22,6 +22,7 @@ intended ones (each factor rotates about the axis it is named after).
 
 from __future__ import annotations
 
+import operator
 import os
 
 import torch
@@ -50,11 +51,14 @@ def _check_x(x) -> None:
         raise ValueError(f"x must be float16, bfloat16, float32 or float64, got {x.dtype}")
 
 
-def _check_center_joint(center_joint, n_joints: int) -> None:
-    if isinstance(center_joint, bool) or not isinstance(center_joint, int):
+def _check_center_joint(center_joint, n_joints: int) -> int:
+    """center_joint as a Python int (NumPy integers are accepted; bools and floats are not)."""
+    if isinstance(center_joint, bool) or not hasattr(type(center_joint), "__index__"):
         raise ValueError(f"center_joint must be an int, got {type(center_joint).__name__}")
+    center_joint = operator.index(center_joint)
     if not 0 <= center_joint < n_joints:
         raise ValueError(f"center_joint={center_joint} is out of range for V={n_joints} joints")
+    return center_joint
 
 
 def _acc_dtype(x: Tensor) -> torch.dtype:
@@ -83,8 +87,9 @@ def _check_params(x: Tensor, angles, shift, per_frame: bool) -> tuple[Tensor, Te
         if not skip and not bool(torch.isfinite(value).all()):
             raise ValueError(f"{name} contains NaN or Inf")
     acc = _acc_dtype(x)
-    a = angles.detach().to(device=x.device, dtype=acc)
-    s = shift.detach().to(device=x.device, dtype=acc)
+    # contiguous: the Triton kernel reads each (alpha, beta, gamma) triple as 3 adjacent values
+    a = angles.detach().to(device=x.device, dtype=acc).contiguous()
+    s = shift.detach().to(device=x.device, dtype=acc).contiguous()
     frames = lambda p: n_frames if p.dim() == 3 else 1
     return a.reshape(1, n_seq, frames(a), 3), s.reshape(1, n_seq, frames(s), 3)
 
@@ -149,22 +154,25 @@ def _fake(x, angles, shift, center_joint):
 _REGISTERED: dict[str, object] = {}
 
 
-def _cpu_op():
-    """torch.ops.skelcl.view_augment, or None when the C++ extension cannot be built."""
+# Building or defining an op is not traceable: while torch.compile traces a first call, dynamo runs
+# these two eagerly and keeps their answer as a constant (afterwards they are dictionary lookups).
+@torch._dynamo.assume_constant_result
+def _load_cpu_op() -> bool:
+    """Build (or load) the C++ op once and register its fake and backward; False when it cannot be built."""
     if "cpu" not in _REGISTERED:
         from skelcl._cpp import load_extension
 
-        op = None
-        if load_extension("skelcl_augment", ("augment.cpp",)) is not None:
-            op = torch.ops.skelcl.view_augment.default
+        ok = load_extension("skelcl_augment", ("augment.cpp",)) is not None
+        if ok:
             torch.library.register_fake("skelcl::view_augment")(_fake)
             torch.library.register_autograd("skelcl::view_augment", _backward, setup_context=_setup_context)
-        _REGISTERED["cpu"] = op
-    return _REGISTERED["cpu"]
+        _REGISTERED["cpu"] = ok
+    return bool(_REGISTERED["cpu"])
 
 
-def _triton_op():
-    """torch.ops.skelcl.view_augment_triton, defined on first use (it imports triton)."""
+@torch._dynamo.assume_constant_result
+def _define_triton_op() -> bool:
+    """Define torch.ops.skelcl.view_augment_triton once (it imports triton)."""
     if "triton" not in _REGISTERED:
         from skelcl.kernels.augment import view_augment_triton
 
@@ -173,8 +181,19 @@ def _triton_op():
             return view_augment_triton(x, angles, shift, center_joint, wrap=torch.library.wrap_triton)
 
         view_augment_triton_op.register_autograd(_backward, setup_context=_setup_context)
-        _REGISTERED["triton"] = torch.ops.skelcl.view_augment_triton.default
-    return _REGISTERED["triton"]
+        _REGISTERED["triton"] = True
+    return True
+
+
+def _cpu_op():
+    """torch.ops.skelcl.view_augment, or None when the C++ extension cannot be built."""
+    return torch.ops.skelcl.view_augment.default if _load_cpu_op() else None
+
+
+def _triton_op():
+    """torch.ops.skelcl.view_augment_triton, defined on first use."""
+    _define_triton_op()
+    return torch.ops.skelcl.view_augment_triton.default
 
 
 def _views(x: Tensor, angles: Tensor, shift: Tensor, center_joint: int, backend: str) -> Tensor:
@@ -197,9 +216,9 @@ def _views(x: Tensor, angles: Tensor, shift: Tensor, center_joint: int, backend:
     n_frames = x.shape[2]
     views = []
     for k in range(angles.shape[0]):
-        per_frame = angles.shape[2] > 1 or shift.shape[2] > 1
+        per_frame = angles.shape[2] != 1 or shift.shape[2] != 1  # (a T of 1 or 0 is per frame too)
         a = angles[k].expand(-1, n_frames, -1) if per_frame else angles[k, :, 0]
-        s = shift[k] if shift.shape[2] > 1 else shift[k, :, 0]
+        s = shift[k] if shift.shape[2] != 1 else shift[k, :, 0]
         views.append(reference.view_transform(xa, a, s, center_joint=center_joint, per_frame=per_frame))
     return torch.stack(views).to(x.dtype)
 
@@ -221,11 +240,12 @@ def view_augment(
 
     x: (N, 3, T, V, M) float16/bfloat16/float32/float64, any strides. angles: (N, 3) radians, or
     (N, T, 3) with ``per_frame=True``. shift: (N, 3), or (N, T, 3) with ``per_frame=True``.
-    The centre is person 0's ``center_joint`` at the first frame where person 0 is present;
-    absent (all-zero) slots stay exactly zero. Returns (N, 3, T, V, M) in x's dtype.
+    The centre is person 0's ``center_joint`` at the first frame where person 0 is present (no
+    centring when person 0 is absent from every frame); absent (all-zero) slots stay exactly zero.
+    Returns (N, 3, T, V, M) in x's dtype.
     """
     _check_x(x)
-    _check_center_joint(center_joint, x.shape[3])
+    center_joint = _check_center_joint(center_joint, x.shape[3])
     a, s = _check_params(x, angles, shift, bool(per_frame))
     return _views(x, a, s, center_joint, _resolve_backend(x, backend))[0]
 
@@ -247,7 +267,7 @@ def two_views(
     Returns ``(x1, x2)``, each (N, 3, T, V, M) in x's dtype.
     """
     _check_x(x)
-    _check_center_joint(center_joint, x.shape[3])
+    center_joint = _check_center_joint(center_joint, x.shape[3])
     sampler = get_sampler(sampler)
     if generator is not None and seed is not None:
         raise ValueError("give either generator or seed, not both")
@@ -256,6 +276,9 @@ def two_views(
     if generator is not None and generator.device.type != x.device.type:
         raise ValueError(f"generator is on {generator.device}, x on {x.device}: they must match")
     backend = _resolve_backend(x, backend)
+    if x.numel() == 0:  # nothing to view (and no frame count to draw frame-level cameras for)
+        empty = x.unsqueeze(0).expand(2, *x.shape).clone()
+        return empty[0], empty[1]
     n_seq, _, n_frames = x.shape[:3]
     # Both cameras in one draw of 2N: rows [0, N) are view 1, rows [N, 2N) view 2.
     angles, shift = sampler.sample(2 * n_seq, n_frames, device=x.device, generator=generator)
