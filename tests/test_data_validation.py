@@ -130,3 +130,56 @@ def test_unreadable_label_pickle_names_the_expected_structure(tmp_path):
     with pytest.raises(ValueError, match=r"sample_names: list\[str\], labels: list\[int\]") as info:
         load_dataset(tmp_path)
     assert label_file in str(info.value)
+
+
+# ---------------------------------------------------------------------------------------------------
+# the class count
+
+
+def test_save_npz_keeps_num_classes(tmp_path):
+    from skelcl.data import SkeletonArrays, save_npz
+
+    subset = SkeletonArrays(x=_x(n=2), y=np.array([0, 57]), num_classes=60)  # no name: nothing to infer from
+    save_npz(tmp_path / "s.npz", subset)
+    assert load_dataset(tmp_path / "s.npz").num_classes == 60
+
+
+def test_npz_without_num_classes_still_loads(tmp_path):
+    np.savez(tmp_path / "old.npz", x=_x(), y=np.array([0, 1, 2]))
+    assert load_dataset(tmp_path / "old.npz").num_classes == 3
+    np.savez(tmp_path / "ntu.npz", x=_x(), y=np.array([0, 4, 6]), name=np.array(NAMES))
+    assert load_dataset(tmp_path / "ntu.npz").num_classes == 60
+
+
+@pytest.mark.parametrize("names, labels, expected", [
+    (NAMES, [0, 4, 6], 60),  # NTU-60 actions: all 60 classes, whichever the subset holds
+    (NAMES[:2] + ["S018C001P050R001A093"], [0, 4, 92], 120),  # an action past 60: NTU-120
+    (NAMES, [0, 1, 2], 3),  # labels that are not the names' actions: they mean something else
+    (["a", "b", "c"], [0, 4, 6], 7),  # not NTU names: max + 1
+])
+def test_stgcn_class_count_comes_from_ntu_names(tmp_path, names, labels, expected):
+    _stgcn(tmp_path, (names, labels))
+    assert load_dataset(tmp_path).num_classes == expected
+
+
+def test_pyskl_class_count_comes_from_ntu_names(tmp_path):
+    assert load_dataset(_pyskl(tmp_path, labels=(0, 4, 6), names=NAMES)).num_classes == 60
+    assert load_dataset(_pyskl(tmp_path, labels=(0, 4, 6))).num_classes == 7
+
+
+def test_raw_folder_class_count_is_the_datasets(tmp_path):
+    _raw_file(tmp_path, "S001C001P001R001A003")
+    _raw_file(tmp_path, "S001C002P002R001A007")
+    assert load_dataset(tmp_path).num_classes == 60
+    _raw_file(tmp_path, "S018C001P050R001A093")
+    assert load_dataset(tmp_path).num_classes == 120
+
+
+def _raw_file(folder, name, frames=15, bodies=True, seed=0):
+    """A one-person ``.skeleton`` file (or one with 0 bodies in every frame)."""
+    from skelcl.data.ntu import NUM_JOINTS, format_skeleton, make_body
+
+    rng = np.random.default_rng(seed)
+    xyz = rng.normal(size=(frames, NUM_JOINTS, 3)) * [0.1, 1, 0.1]
+    body = [make_body(1, np.arange(frames), xyz, rng)] if bodies else []
+    (folder / f"{name}.skeleton").write_text(format_skeleton(frames, body))

@@ -13,8 +13,13 @@
 - a ``.pkl``/``.pickle``: a pyskl annotation file (``split`` + ``annotations``).
 
 skelcl ``.npz`` keys: ``x`` (N, 3, T, V, M) float32, ``y`` int; optional ``name``, ``subject``,
-``view``, ``setup``, ``length``, ``split`` ('train'/'test' strings -> ``splits["given"]``) and
-``layout``. Whenever sample names are NTU names, the NTU benchmarks that apply are added to splits.
+``view``, ``setup``, ``length``, ``split`` ('train'/'test' strings -> ``splits["given"]``),
+``layout`` and ``num_classes``. Whenever sample names are NTU names, the NTU benchmarks that apply
+are added to splits, and, when a file does not give it, the class count is the dataset's (60 or 120,
+``splits.ntu_num_classes``) rather than the largest label + 1.
+
+Labels must be whole numbers >= 0 (one-hot rows: exactly one 1); anything else is refused, naming
+the file and the first bad sample, as a cast would silently change it.
 
 pyskl keypoints (M, T, V, C) become (3, T, V, 2) rows, laid out when read (``skelcl.data.rows.
 PaddedRows``: no padded copy is held): persons beyond the second are dropped, a missing second
@@ -40,7 +45,7 @@ import numpy as np
 
 from .dataset import SkeletonArrays
 from .rows import PaddedRows, RowConcat
-from .splits import BENCHMARKS, ntu_split, ntu_splits, parse_ntu_names
+from .splits import BENCHMARKS, ntu_num_classes, ntu_split, ntu_splits, parse_ntu_names
 
 __all__ = ["LAYOUT_BY_JOINTS", "load_dataset", "save_npz", "infer_lengths", "infer_layout"]
 
@@ -189,11 +194,11 @@ def _load_stgcn(path: str, layout: str | None) -> SkeletonArrays:
         train.append(np.full(len(x), is_train))
     # both parts stay memory-mapped: a RowConcat reads each row from the file that holds it
     x = xs[0] if len(xs) == 1 else RowConcat(xs)
-    names = np.concatenate(names)
+    names, y = np.concatenate(names), np.concatenate(ys)
     subject, view, setup = _ntu_fields(names)
     return SkeletonArrays(
-        x=x, y=np.concatenate(ys), layout=infer_layout(x.shape[3], layout, path), name=names,
-        subject=subject, view=view, setup=setup, length=infer_lengths(x),
+        x=x, y=y, layout=infer_layout(x.shape[3], layout, path), num_classes=ntu_num_classes(names, y),
+        name=names, subject=subject, view=view, setup=setup, length=infer_lengths(x),
         splits=_with_name_splits({"given": np.concatenate(train)}, names),
     )
 
@@ -383,8 +388,12 @@ def _load_skelcl_npz(z, path: str, layout: str | None) -> SkeletonArrays:
     if opt["length"] is None:
         opt["length"] = infer_lengths(x)
     y = _int_labels(z["y"], f"skelcl npz {path!r}", "y")
+    if "num_classes" in z.files:
+        num_classes = int(z["num_classes"])
+    else:  # written before save_npz kept it
+        num_classes = None if opt["name"] is None else ntu_num_classes(opt["name"], y)
     return SkeletonArrays(
-        x=x, y=y, layout=infer_layout(x.shape[3], layout, path),
+        x=x, y=y, layout=infer_layout(x.shape[3], layout, path), num_classes=num_classes,
         **{k: v for k, v in opt.items()}, splits=_with_name_splits(splits, opt["name"]),
     )
 
@@ -471,7 +480,7 @@ def _load_pyskl(path: str, layout: str | None) -> SkeletonArrays:
     y = _int_labels([a["label"] for a in ann], f"pyskl file {path!r}", "label",
                     where=lambda i: f"annotations[{i}] ({str(names[i])!r}): label")
     return SkeletonArrays(
-        x=x, y=y, layout=infer_layout(v, layout, path),
+        x=x, y=y, layout=infer_layout(v, layout, path), num_classes=ntu_num_classes(names, y),
         name=names, subject=subject, view=view, setup=setup, length=lengths,
         splits=_with_name_splits(splits, names),
     )
@@ -498,7 +507,8 @@ def _load_raw_dir(path: str, layout: str | None) -> SkeletonArrays:
         raise ValueError(f"raw directory {path!r}: labels come from NTU file names: {e}") from e
     subject, view, setup = _ntu_fields(names)
     return SkeletonArrays(
-        x=x, y=y, layout=layout or "ntu25", name=names, subject=subject, view=view, setup=setup,
+        x=x, y=y, layout=layout or "ntu25", num_classes=ntu_num_classes(names), name=names,
+        subject=subject, view=view, setup=setup,
         length=np.asarray([a.shape[1] for a in arrays], dtype=np.int64), splits=_with_name_splits({}, names),
     )
 
@@ -507,6 +517,8 @@ def save_npz(path, data: SkeletonArrays, *, split: np.ndarray | None = None) -> 
     """Write ``data`` as a skelcl ``.npz``; ``split`` (bool train mask) is stored as 'train'/'test'."""
     arrays = {"x": np.asarray(data.x, dtype=np.float32), "y": np.asarray(data.y, dtype=np.int64),
               "layout": np.array(data.layout)}
+    if data.num_classes is not None:  # a subset's labels may not reach the last class
+        arrays["num_classes"] = np.array(int(data.num_classes))
     for key in ("name", "subject", "view", "setup", "length"):
         value = getattr(data, key)
         if value is not None:

@@ -19,11 +19,13 @@ __all__ = [
     "XVIEW_TRAIN_CAMERAS",
     "NTU60_MAX_SETUP",
     "NTU60_NUM_ACTIONS",
+    "NTU120_NUM_ACTIONS",
     "parse_ntu_names",
     "is_ntu_name",
     "ntu_split",
     "ntu_splits",
     "benchmark_dataset",
+    "ntu_num_classes",
     "missing_skeleton_samples",
 ]
 
@@ -40,6 +42,7 @@ XVIEW_TRAIN_CAMERAS = frozenset((2, 3))  # camera 1 is the test view
 # NTU-120 x-set: even setup ids train, odd ones test
 NTU60_MAX_SETUP = 17  # NTU RGB+D 60 is setups 1-17, actions 1-60
 NTU60_NUM_ACTIONS = 60
+NTU120_NUM_ACTIONS = 120
 
 _NAME = re.compile(r"S(\d{3})C(\d{3})P(\d{3})R(\d{3})A(\d{3})")
 
@@ -92,6 +95,19 @@ def ntu_splits(names) -> dict[str, np.ndarray]:
     ntu60 = f["setup"].max() <= NTU60_MAX_SETUP and f["action"].max() <= NTU60_NUM_ACTIONS
     chosen = ("xsub60", "xview60") if ntu60 else ("xsub120", "xset120")
     return {b: ntu_split(names, b) for b in chosen}
+
+
+def ntu_num_classes(names, labels=None) -> int | None:
+    """The class count of the NTU dataset ``names`` come from: 60 when every action is an NTU-60 one,
+    else 120. None when a name is not an NTU name, or when ``labels`` (0-based) are given and are not
+    the actions - 1: such labels mean something else, and their count is not the dataset's."""
+    names = np.asarray(names, dtype=object).reshape(-1)
+    if len(names) == 0 or not all(is_ntu_name(n) for n in names):
+        return None
+    action = parse_ntu_names(names)["action"]
+    if labels is not None and not np.array_equal(np.asarray(labels), action - 1):
+        return None
+    return NTU60_NUM_ACTIONS if action.max() <= NTU60_NUM_ACTIONS else NTU120_NUM_ACTIONS
 
 
 @cache
