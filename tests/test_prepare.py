@@ -31,6 +31,7 @@ def _flat(rng, frames):
 
 
 def test_select_bodies_rules():
+    # the rules one by one, with person slots and motion: tests/test_body_selection.py
     rng = np.random.default_rng(0)
     fr = np.arange(40)
     calm = make_body(1, fr, _person(rng, fr, 0.02), rng)
@@ -39,12 +40,13 @@ def test_select_bodies_rules():
     active = make_body(4, fr, _person(rng, fr, 0.2, x0=1.0), rng)
     medium = make_body(5, np.arange(12), _person(rng, np.arange(12), 0.1), rng)  # 12 frames: kept
     skel = SkeletonFile("s.skeleton", 40, [calm, short, flat, active, medium])
-    assert select_bodies(skel) == [3, 4]  # active first, then medium (more motion than calm)
+    # active is person 0, medium (more motion than calm) person 1; calm overlaps both: dropped
+    assert select_bodies(skel) == [[3], [4]]
     skel = SkeletonFile("s.skeleton", 40, [calm, short, flat])
-    assert select_bodies(skel) == [0]
-    # everything is noise: the body seen in most frames is kept rather than emptying the sample
+    assert select_bodies(skel) == [[0]]
+    # the only body left by the length rule is kept, flat or not
     skel = SkeletonFile("s.skeleton", 40, [short, flat])
-    assert select_bodies(skel) == [1]
+    assert select_bodies(skel) == [[1]]
     assert select_bodies(SkeletonFile("e.skeleton", 3, [])) == []
 
 
@@ -103,6 +105,34 @@ def test_prepare_skips_missing_malformed_and_resumes(tmp_path, capsys):
     assert s2.num_samples == 4 and sorted(os.listdir(out / "parts")) == parts
     assert [os.path.getmtime(out / "parts" / p) for p in parts] == stamp
     np.testing.assert_array_equal(np.asarray(load_dataset(str(out)).x), x_before)
+
+
+def test_parts_of_another_selection_are_not_reused(tmp_path, monkeypatch):
+    import skelcl.data.prepare as prep
+
+    rng = np.random.default_rng(5)
+    raw = tmp_path / "raw"
+    _write_raw(raw, rng, NAMES[:3], bodies=2)
+    prepare_ntu(raw, tmp_path / "fresh", "xsub60", progress=False)
+    fresh = np.asarray(load_dataset(str(tmp_path / "fresh")).x)
+    # an --out made by an older selection (here: one that swaps the persons)
+    select = prep.select_bodies
+    with monkeypatch.context() as m:
+        m.setattr(prep, "SELECTION_VERSION", prep.SELECTION_VERSION - 1)
+        m.setattr(prep, "select_bodies", lambda skel: select(skel)[::-1])
+        prepare_ntu(raw, tmp_path / "out", "xsub60", progress=False)
+    old_parts = set(os.listdir(tmp_path / "out" / "parts"))
+    old = np.asarray(load_dataset(str(tmp_path / "out")).x)
+    np.testing.assert_array_equal(old, fresh[..., ::-1])
+    assert json.loads((tmp_path / "out" / "meta.json").read_text())["selection_version"] == \
+        prep.SELECTION_VERSION - 1
+    # the rerun re-parses every chunk, matches a fresh run and deletes the parts it cannot use
+    prepare_ntu(raw, tmp_path / "out", "xsub60", progress=False)
+    np.testing.assert_array_equal(np.asarray(load_dataset(str(tmp_path / "out")).x), fresh)
+    assert set(os.listdir(tmp_path / "out" / "parts")) == set(os.listdir(tmp_path / "fresh" / "parts"))
+    assert not old_parts & set(os.listdir(tmp_path / "out" / "parts"))
+    assert json.loads((tmp_path / "out" / "meta.json").read_text())["selection_version"] == \
+        prep.SELECTION_VERSION
 
 
 def test_parallel_equals_serial_and_ntu120(tmp_path, monkeypatch):
