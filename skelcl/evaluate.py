@@ -288,7 +288,7 @@ def _parse(argv):
     p.add_argument("--checkpoint", required=True, help="checkpoint.pt written by skelcl.train")
     p.add_argument("--data", default=None, help="'synthetic' or a path (default: the data it was trained on)")
     p.add_argument("--benchmark", default=None,
-                   help="split name, e.g. xview, xsub (default: the one it was trained on)")
+                   help="split name, e.g. xview, xsub60, given, fold1 (default: the one it was trained on)")
     p.add_argument("--layout", default=None, help="joint layout of --data (default: from the data)")
     p.add_argument("--epochs", type=int, default=100, help="linear-probe epochs")
     p.add_argument("--optimizer", choices=["adam", "sgd"], default="adam")

@@ -183,3 +183,30 @@ def _raw_file(folder, name, frames=15, bodies=True, seed=0):
     xyz = rng.normal(size=(frames, NUM_JOINTS, 3)) * [0.1, 1, 0.1]
     body = [make_body(1, np.arange(frames), xyz, rng)] if bodies else []
     (folder / f"{name}.skeleton").write_text(format_skeleton(frames, body))
+
+
+# ---------------------------------------------------------------------------------------------------
+# pyskl split keys
+
+
+@pytest.mark.parametrize("split, name", [
+    ({"train": ["clip0", "clip2"], "val": ["clip1", "clip3"]}, "given"),  # GYM, Kinetics
+    ({"train": ["clip0", "clip2"], "test": ["clip1", "clip3"]}, "given"),
+    ({"xsub_train": ["clip0", "clip2"], "xsub_val": ["clip1", "clip3"]}, "xsub"),  # NTU
+    ({"train1": ["clip0", "clip2"], "test1": ["clip1", "clip3"],  # UCF101 / HMDB51 folds
+      "train2": ["clip1", "clip3"], "test2": ["clip0", "clip2"]}, "fold1"),
+])
+def test_pyskl_split_keys_become_benchmarks(tmp_path, split, name):
+    d = load_dataset(_pyskl(tmp_path, labels=(0, 1, 2, 3), split=split))
+    train, test = d.train_test(name)
+    assert train.name.tolist() == ["clip0", "clip2"] and test.name.tolist() == ["clip1", "clip3"]
+    if "train2" in split:
+        assert sorted(d.splits) == ["fold1", "fold2"]
+        assert d.splits["fold2"].tolist() == [False, True, False, True]
+
+
+def test_unknown_pyskl_benchmark_lists_the_available_ones(tmp_path):
+    d = load_dataset(_pyskl(tmp_path, split={"train1": ["clip0"], "test1": ["clip1", "clip2"],
+                                             "train2": ["clip1"], "test2": ["clip0", "clip2"]}))
+    with pytest.raises(ValueError, match=r"benchmark 'xsub' is not defined.*\['fold1', 'fold2'\]"):
+        d.train_test("xsub")

@@ -10,7 +10,9 @@
 - a ``.npz``: skelcl's own (``x``, ``y`` ...; ``x`` memory-mapped when stored uncompressed) or
   CTR-GCN's (``x_train`` (N, T, 150), one-hot ``y_train``; converted in chunks read from the file,
   so the conversion needs memory for its result only);
-- a ``.pkl``/``.pickle``: a pyskl annotation file (``split`` + ``annotations``).
+- a ``.pkl``/``.pickle``: a pyskl annotation file (``split`` + ``annotations``). Its split keys
+  become benchmarks: ``xsub_train``/``xsub_val`` -> ``xsub`` (NTU), ``train``/``val`` (or ``test``)
+  -> ``given`` (GYM, Kinetics), ``train1``/``test1`` ... -> ``fold1`` ... (UCF101, HMDB51).
 
 skelcl ``.npz`` keys: ``x`` (N, 3, T, V, M) float32, ``y`` int; optional ``name``, ``subject``,
 ``view``, ``setup``, ``length``, ``split`` ('train'/'test' strings -> ``splits["given"]``),
@@ -38,6 +40,7 @@ import json
 import numbers
 import os
 import pickle
+import re
 import zipfile
 from collections.abc import Callable
 
@@ -474,8 +477,9 @@ def _load_pyskl(path: str, layout: str | None) -> SkeletonArrays:
     lengths = np.asarray([min(int(a.get("total_frames", t)), t) for a, t in zip(ann, held)], dtype=np.int64)
     splits = {}
     for key, members in (obj.get("split") or {}).items():
-        if key.endswith("_train"):
-            splits[key[: -len("_train")]] = np.isin(names, np.asarray(list(members), dtype=str))
+        benchmark = _pyskl_benchmark(str(key))
+        if benchmark is not None:  # its val/test list is the rest
+            splits[benchmark] = np.isin(names, np.asarray(list(members), dtype=str))
     subject, view, setup = _ntu_fields(names)
     y = _int_labels([a["label"] for a in ann], f"pyskl file {path!r}", "label",
                     where=lambda i: f"annotations[{i}] ({str(names[i])!r}): label")
@@ -484,6 +488,18 @@ def _load_pyskl(path: str, layout: str | None) -> SkeletonArrays:
         name=names, subject=subject, view=view, setup=setup, length=lengths,
         splits=_with_name_splits(splits, names),
     )
+
+
+def _pyskl_benchmark(key: str) -> str | None:
+    """skelcl's benchmark name for a pyskl split key that lists training samples, else None:
+    ``xsub_train`` -> ``xsub`` (NTU), ``train`` -> ``given`` (GYM, Kinetics: train/val, as ST-GCN's
+    and CTR-GCN's own train/test parts are named), ``train1`` -> ``fold1`` (UCF101, HMDB51 folds)."""
+    if key.endswith("_train"):
+        return key[: -len("_train")]
+    if key == "train":
+        return "given"
+    fold = re.fullmatch(r"train(\d+)", key)
+    return f"fold{fold.group(1)}" if fold else None
 
 
 def _load_raw_dir(path: str, layout: str | None) -> SkeletonArrays:
