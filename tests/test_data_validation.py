@@ -210,3 +210,39 @@ def test_unknown_pyskl_benchmark_lists_the_available_ones(tmp_path):
                                              "train2": ["clip1"], "test2": ["clip0", "clip2"]}))
     with pytest.raises(ValueError, match=r"benchmark 'xsub' is not defined.*\['fold1', 'fold2'\]"):
         d.train_test("xsub")
+
+
+# ---------------------------------------------------------------------------------------------------
+# raw .skeleton folders
+
+LISTED = "S001C002P005R002A008"  # on the published NTU-60 missing-skeleton list
+
+
+def test_raw_folder_skips_listed_samples_and_says_so(tmp_path, capsys):
+    from skelcl.data.splits import missing_skeleton_samples
+
+    assert LISTED in missing_skeleton_samples("ntu60")
+    _raw_file(tmp_path, "S001C001P001R001A003")
+    _raw_file(tmp_path, LISTED, bodies=False)  # 0 bodies in every frame: what such files hold
+    d = load_dataset(tmp_path)
+    assert d.name.tolist() == ["S001C001P001R001A003"] and d.y.tolist() == [2]
+    assert "skipped 1 sample" in capsys.readouterr().err
+
+
+def test_raw_folder_of_listed_samples_only_is_an_error(tmp_path):
+    _raw_file(tmp_path, LISTED, bodies=False)
+    with pytest.raises(ValueError, match="missing-skeleton list") as info:
+        load_dataset(tmp_path)
+    assert str(tmp_path) in str(info.value)
+
+
+def test_raw_folder_still_fails_on_an_unlisted_bad_file(tmp_path):
+    _raw_file(tmp_path, "S001C001P001R001A003")
+    _raw_file(tmp_path, "S001C001P001R001A004", bodies=False)
+    with pytest.raises(ValueError, match="S001C001P001R001A004.skeleton: no body in any frame"):
+        load_dataset(tmp_path)
+    bad = tmp_path / "S001C001P001R001A004.skeleton"
+    bad.write_text("2\r\n1\r\n72057594037931101 0 1 1 0 0 0 0.01 -0.02 2\r\n24\r\n")
+    with pytest.raises(ValueError, match=r"S001C001P001R001A004.skeleton:4: joint count is 24") as info:
+        load_dataset(tmp_path)
+    assert str(bad) in str(info.value)

@@ -6,7 +6,9 @@
 - a directory made by ``prepare-ntu`` (``meta.json`` + ``x.npy``), memory-mapped;
 - a directory holding ST-GCN arrays ``{train,val}_data*.npy`` + ``{train,val}_label.pkl``, or one of
   those ``.npy`` files: train and val are concatenated, ``splits["given"]`` marks the train part;
-- a directory of raw NTU ``.skeleton`` files (parsed on the fly: meant for small sets);
+- a directory of raw NTU ``.skeleton`` files (parsed on the fly: meant for small sets); samples on
+  the published missing-skeleton list are skipped (their count is said on stderr), any other file
+  that cannot be read fails the load, naming it;
 - a ``.npz``: skelcl's own (``x``, ``y`` ...; ``x`` memory-mapped when stored uncompressed) or
   CTR-GCN's (``x_train`` (N, T, 150), one-hot ``y_train``; converted in chunks read from the file,
   so the conversion needs memory for its result only);
@@ -41,6 +43,7 @@ import numbers
 import os
 import pickle
 import re
+import sys
 import zipfile
 from collections.abc import Callable
 
@@ -48,7 +51,14 @@ import numpy as np
 
 from .dataset import SkeletonArrays
 from .rows import PaddedRows, RowConcat
-from .splits import BENCHMARKS, ntu_num_classes, ntu_split, ntu_splits, parse_ntu_names
+from .splits import (
+    BENCHMARKS,
+    missing_skeleton_samples,
+    ntu_num_classes,
+    ntu_split,
+    ntu_splits,
+    parse_ntu_names,
+)
 
 __all__ = ["LAYOUT_BY_JOINTS", "load_dataset", "save_npz", "infer_lengths", "infer_layout"]
 
@@ -506,10 +516,10 @@ def _load_raw_dir(path: str, layout: str | None) -> SkeletonArrays:
     from .ntu import read_skeleton
     from .prepare import MAX_PERSONS, skeleton_to_array
 
-    files = sorted(glob.glob(os.path.join(path, "*.skeleton")))
+    files = _raw_files(path)
     arrays, names = [], []
     for f in files:
-        arr, _ = skeleton_to_array(read_skeleton(f))  # errors name the file and line
+        arr, _ = skeleton_to_array(read_skeleton(f))  # errors name the file (and line)
         arrays.append(arr)
         names.append(os.path.basename(f).split(".")[0])
     t_max = max(a.shape[1] for a in arrays)
@@ -527,6 +537,24 @@ def _load_raw_dir(path: str, layout: str | None) -> SkeletonArrays:
         subject=subject, view=view, setup=setup,
         length=np.asarray([a.shape[1] for a in arrays], dtype=np.int64), splits=_with_name_splits({}, names),
     )
+
+
+def _raw_files(path: str) -> list[str]:
+    """The folder's ``.skeleton`` files less those on the published missing-skeleton list (their
+    skeletons are missing or broken: a file with no body in any frame would abort the load), with
+    how many were skipped said on stderr."""
+    # NTU-120's list is NTU-60's plus NTU-120-only samples, so it serves folders of either dataset
+    missing = missing_skeleton_samples("ntu120")
+    files = sorted(glob.glob(os.path.join(path, "*.skeleton")))
+    kept = [f for f in files if os.path.basename(f).split(".")[0] not in missing]
+    skipped = len(files) - len(kept)
+    if not kept:
+        raise ValueError(f"raw directory {path!r}: all {skipped} .skeleton files are on the published "
+                         "missing-skeleton list")
+    if skipped:
+        print(f"{path}: skipped {skipped} sample(s) on the published NTU RGB+D missing-skeleton list",
+              file=sys.stderr)
+    return kept
 
 
 def save_npz(path, data: SkeletonArrays, *, split: np.ndarray | None = None) -> None:
