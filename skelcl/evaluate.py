@@ -240,6 +240,9 @@ def evaluate_encoder(
     from skelcl.layouts import get_layout
 
     probe = probe or ProbeConfig()
+    for part, part_data in (("training", train), ("test", test)):
+        if len(part_data) == 0:
+            raise ValueError(f"the {part} set is empty: nothing to evaluate the encoder on")
     num_classes = int(max(train.num_classes or 0, test.num_classes or 0,
                           int(train.y.max()) + 1, int(test.y.max()) + 1))
     center = get_layout(train.layout).center if normalize else None
@@ -319,13 +322,14 @@ def main(argv=None) -> dict:
     state = load_checkpoint(args.checkpoint)
     cfg = state["config"]
     from skelcl.data import load_dataset
+    from skelcl.data.splits import split_train_test
 
     data_spec = args.data or cfg["data"]
     synthetic = cfg.get("synthetic") if data_spec == "synthetic" else None
     data = load_dataset(data_spec, layout=args.layout or (cfg.get("layout") if args.data is None else None),
                         synthetic_kwargs=synthetic)
     benchmark = args.benchmark or cfg["benchmark"]
-    train, test = data.train_test(benchmark)
+    train, test = split_train_test(data, benchmark)  # the check training makes: both parts non-empty
     probe = ProbeConfig(epochs=args.epochs, optimizer=args.optimizer, lr=args.lr, knn_k=args.knn_k,
                         seed=cfg.get("seed", 0))
     device = resolve_device(args.device)

@@ -246,3 +246,49 @@ def test_raw_folder_still_fails_on_an_unlisted_bad_file(tmp_path):
     with pytest.raises(ValueError, match=r"S001C001P001R001A004.skeleton:4: joint count is 24") as info:
         load_dataset(tmp_path)
     assert str(bad) in str(info.value)
+
+
+# ---------------------------------------------------------------------------------------------------
+# empty splits
+
+EMPTY_TEST = r"benchmark 'xsub60' leaves 2 training and 0 test sequences; both must be non-empty"
+
+
+def _all_train_raw_folder(folder):
+    """Two NTU-60 samples of training performers: x-sub leaves no test sequence."""
+    _raw_file(folder, "S001C001P001R001A003")
+    _raw_file(folder, "S001C002P002R001A007")
+    return str(folder)
+
+
+def test_evaluate_cli_says_the_test_split_is_empty(tmp_path, monkeypatch):
+    from skelcl import evaluate
+
+    state = {"config": {"data": "synthetic", "benchmark": "xview", "frames": 8}}
+    monkeypatch.setattr(evaluate, "load_checkpoint", lambda path: state)
+    raw = _all_train_raw_folder(tmp_path)
+    with pytest.raises(ValueError, match=EMPTY_TEST):
+        evaluate.main(["--checkpoint", "unused.pt", "--data", raw, "--benchmark", "xsub60"])
+
+
+def test_split_check_is_the_one_training_makes(tmp_path):
+    from skelcl.data.splits import split_train_test
+    from skelcl.train import TrainConfig, _load_data
+
+    raw = _all_train_raw_folder(tmp_path)
+    with pytest.raises(ValueError, match=EMPTY_TEST):
+        split_train_test(load_dataset(raw), "xsub60")
+    with pytest.raises(ValueError, match=EMPTY_TEST):
+        _load_data(TrainConfig(data=raw, benchmark="xsub60"))
+
+
+def test_evaluate_encoder_refuses_an_empty_set():
+    import torch
+
+    from skelcl.data import SkeletonArrays
+    from skelcl.evaluate import evaluate_encoder
+
+    data = SkeletonArrays(x=_x(), y=np.array([0, 1, 2]))
+    empty = data.take(np.zeros(len(data), bool))
+    with pytest.raises(ValueError, match="test set is empty"):
+        evaluate_encoder(torch.nn.Identity(), data, empty, frames=4)

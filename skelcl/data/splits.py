@@ -26,6 +26,7 @@ __all__ = [
     "ntu_splits",
     "benchmark_dataset",
     "ntu_num_classes",
+    "split_train_test",
     "missing_skeleton_samples",
 ]
 
@@ -95,6 +96,17 @@ def ntu_splits(names) -> dict[str, np.ndarray]:
     ntu60 = f["setup"].max() <= NTU60_MAX_SETUP and f["action"].max() <= NTU60_NUM_ACTIONS
     chosen = ("xsub60", "xview60") if ntu60 else ("xsub120", "xset120")
     return {b: ntu_split(names, b) for b in chosen}
+
+
+def split_train_test(data, benchmark: str):
+    """``data.train_test(benchmark)`` (a ``SkeletonArrays``), refused with a ValueError when either
+    part is empty: training and evaluation would otherwise fail later on an empty array. An unknown
+    benchmark's error lists the ones ``data`` has."""
+    train, test = data.train_test(benchmark)
+    if len(train) == 0 or len(test) == 0:
+        raise ValueError(f"benchmark {benchmark!r} leaves {len(train)} training and {len(test)} "
+                         "test sequences; both must be non-empty")
+    return train, test
 
 
 def ntu_num_classes(names, labels=None) -> int | None:
