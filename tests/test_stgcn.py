@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import copy
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -327,6 +330,36 @@ def test_torch_compile_matches_eager(rng):
     torch.testing.assert_close(out, expect, rtol=1e-4, atol=1e-5)
     out.sum().backward()
     assert all(p.grad is not None for p in model.parameters())
+
+
+_FIRST_CALL_COMPILED = """
+import torch
+from skelcl.models import STGCN
+torch.manual_seed(0)
+model = STGCN(widths=(8, 8, 16), num_classes=5)
+x = torch.randn(2, 3, 8, 25, 2)
+out = torch.compile(model, fullgraph=True, backend="aot_eager")(x)
+out.square().sum().backward()
+got = [p.grad.clone() for p in model.parameters()]
+model.zero_grad()
+expect = model(x)
+expect.square().sum().backward()
+torch.testing.assert_close(out, expect, rtol=1e-5, atol=1e-6)
+for g, p in zip(got, model.parameters()):
+    torch.testing.assert_close(g, p.grad, rtol=1e-4, atol=1e-6)
+"""
+
+
+def test_torch_compile_fullgraph_traces_a_first_call_on_cpu():
+    """In a fresh process, compiling first (no eager call, no load_cpu_kernels): the C++ mixing
+    kernel is built while dynamo traces, and its ops have fake implementations."""
+    if not stgcn_module._graph_mix_available():
+        pytest.skip("the C++ extension could not be built")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = os.environ | {"PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-c", _FIRST_CALL_COMPILED], capture_output=True, text=True,
+                          env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

@@ -104,11 +104,17 @@ def load_cpu_kernels() -> bool:
     return _graph_mix_available()
 
 
+@torch._dynamo.assume_constant_result  # a build cannot be traced: run eagerly while compiling
 def _graph_mix_available() -> bool:
     if not _GRAPH_MIX:
         from skelcl._cpp import load_extension
 
-        _GRAPH_MIX.append(load_extension("skelcl_graph_mix", ("graph_mix.cpp",)) is not None)
+        ok = load_extension("skelcl_graph_mix", ("graph_mix.cpp",)) is not None
+        if ok:  # shapes only, for torch.compile's tracing
+            torch.library.register_fake("skelcl::graph_mix_")(lambda out, x, rowptr, col, val: None)
+            torch.library.register_fake("skelcl::graph_mix_val_grad")(
+                lambda g, x, rowptr, col: x.new_empty(col.shape[0]))
+        _GRAPH_MIX.append(ok)
     return _GRAPH_MIX[0]
 
 
