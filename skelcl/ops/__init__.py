@@ -1,7 +1,8 @@
 """Public, dispatching ops: one name each, several backends behind it.
 
-``backend="auto"`` picks the Triton kernel for CUDA tensors and the C++ kernel for CPU tensors;
-``"triton"``, ``"cpu"`` and ``"torch"`` (the plain-PyTorch reference) force one.
+``backend="auto"`` picks the Triton kernel for CUDA tensors and the CPU implementation for CPU
+tensors (the C++ kernel of view_augment; NT-Xent's chunked PyTorch, which never builds the 2N x 2N
+matrix); ``"triton"``, ``"cpu"`` and ``"torch"`` (the plain-PyTorch reference) force one.
 
     from skelcl.ops import ntxent_loss, view_augment, two_views
 """
