@@ -292,3 +292,118 @@ def test_evaluate_encoder_refuses_an_empty_set():
     empty = data.take(np.zeros(len(data), bool))
     with pytest.raises(ValueError, match="test set is empty"):
         evaluate_encoder(torch.nn.Identity(), data, empty, frames=4)
+
+
+# ---------------------------------------------------------------------------------------------------
+# NaN and Inf: memory-mapped files are checked as batches are gathered, in-memory sources at load
+
+
+def _batches(data, **kw):
+    from skelcl.data.loader import BatchLoader
+
+    torch_gather = kw.pop("torch_gather", False)
+    loader = BatchLoader(data, kw.pop("batch_size", 2), shuffle=False, drop_last=False, **kw)
+    loader.torch_gather = torch_gather
+    return list(loader)
+
+
+def _stgcn_pair_with(tmp_path, bad_value):
+    """ST-GCN train (3 samples) and val (2 samples) files; row 1 of the val file holds ``bad_value``."""
+    train, val = _x(seed=1), _x(n=2, seed=2)
+    val[1, 2, 3, 4, 0] = bad_value
+    np.save(tmp_path / "train_data_joint.npy", train)
+    np.save(tmp_path / "val_data_joint.npy", val)
+    with open(tmp_path / "train_label.pkl", "wb") as f:
+        pickle.dump((NAMES, [0, 4, 6]), f)
+    with open(tmp_path / "val_label.pkl", "wb") as f:
+        pickle.dump((["S001C001P004R001A002", "S001C002P005R001A003"], [1, 2]), f)
+    return str(tmp_path / "val_data_joint.npy")
+
+
+@pytest.mark.parametrize("bad_value", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("prefetch, torch_gather", [(0, False), (2, False), (2, True)])
+def test_non_finite_rows_of_a_memory_map_are_named_when_gathered(tmp_path, bad_value, prefetch, torch_gather):
+    val_file = _stgcn_pair_with(tmp_path, bad_value)
+    data = load_dataset(tmp_path)  # lazy: a full scan of a multi-GB memory map is not done up front
+    with pytest.raises(ValueError, match=r"NaN or Inf") as info:
+        _batches(data, prefetch=prefetch, torch_gather=torch_gather)
+    message = str(info.value)
+    assert val_file in message and "row 1 of" in message and "S001C002P005R001A003" in message
+
+
+def test_non_finite_rows_are_named_in_a_split_part(tmp_path):
+    val_file = _stgcn_pair_with(tmp_path, np.nan)
+    _, test = load_dataset(tmp_path).train_test("given")  # the val file's rows, as a subset
+    with pytest.raises(ValueError, match=r"S001C002P005R001A003.*row 1 of") as info:
+        _batches(test, batch_size=1, torch_gather=True)
+    assert val_file in str(info.value)
+    clean, _ = load_dataset(tmp_path).train_test("given")
+    assert len(_batches(clean)) == 2  # the train file alone is clean
+
+
+def test_non_finite_rows_in_memory_name_the_sample(tmp_path):
+    from skelcl.data import SkeletonArrays
+
+    x = _x()
+    x[2, 0, 0, 0, 0] = np.nan
+    data = SkeletonArrays(x=x, y=np.array([0, 4, 6]), name=np.array(NAMES))
+    with pytest.raises(ValueError, match=r"'S001C003P003R001A007' \(row 2 of the loaded data\)"):
+        _batches(data, prefetch=0)
+
+
+def test_uncompressed_skelcl_npz_is_checked_when_gathered(tmp_path):
+    x = _x()
+    x[1, 1, 1, 1, 1] = np.inf
+    np.savez(tmp_path / "d.npz", x=x, y=np.array([0, 1, 2]))
+    data = load_dataset(tmp_path / "d.npz")
+    with pytest.raises(ValueError, match=r"row 1 of") as info:
+        _batches(data, prefetch=0)
+    assert str(tmp_path / "d.npz") in str(info.value)
+
+
+def test_compressed_skelcl_npz_is_checked_at_load(tmp_path):
+    x = _x()
+    x[2, 0, 5, 0, 1] = np.nan
+    np.savez_compressed(tmp_path / "d.npz", x=x, y=np.array([0, 1, 2]), name=np.array(NAMES))
+    with pytest.raises(ValueError, match=r"x\[2\] \('S001C003P003R001A007'\) holds NaN or Inf") as info:
+        load_dataset(tmp_path / "d.npz")
+    assert str(tmp_path / "d.npz") in str(info.value)
+
+
+def test_pyskl_keypoints_are_checked_at_load(tmp_path):
+    kps = [np.ones((1, 4, 17, 2), np.float32) for _ in range(3)]
+    kps[1][0, 2, 3, 1] = np.nan
+    path = _pyskl(tmp_path, keypoints=kps)
+    match = r"annotations\[1\] \('clip1'\): 'keypoint' holds NaN or Inf"
+    with pytest.raises(ValueError, match=match) as info:
+        load_dataset(path)
+    assert path in str(info.value)
+
+
+def test_ctrgcn_arrays_are_checked_as_they_are_converted(tmp_path):
+    x_test = np.ones((2, 4, 150), np.float32)
+    x_test[1, 3, 100] = -np.inf
+    np.savez(tmp_path / "c.npz", x_train=np.ones((3, 4, 150), np.float32), y_train=np.eye(60)[[0, 1, 2]],
+             x_test=x_test, y_test=np.eye(60)[[3, 4]])
+    with pytest.raises(ValueError, match=r"x_test\[1\] holds NaN or Inf") as info:
+        load_dataset(tmp_path / "c.npz")
+    assert str(tmp_path / "c.npz") in str(info.value)
+
+
+def test_feature_extraction_names_the_bad_sample(tmp_path):
+    import torch
+
+    from skelcl.evaluate import extract_features
+
+    _stgcn_pair_with(tmp_path, np.nan)
+    data = load_dataset(tmp_path)
+    with pytest.raises(ValueError, match=r"S001C002P005R001A003.*row 1 of .*val_data_joint.npy"):
+        extract_features(torch.nn.Flatten(), data, frames=4, batch_size=2, device="cpu")
+
+
+def test_stgcn_file_read_into_memory_is_checked_at_load(tmp_path):
+    x = _x().astype(np.float64)  # not float32: converted, so held in memory
+    x[2, 0, 0, 0, 0] = np.nan
+    _stgcn(tmp_path, (NAMES, [0, 4, 6]), x=x)
+    with pytest.raises(ValueError, match=r"_joint.npy': row 2 \('S001C003P003R001A007'\) holds NaN"):
+        load_dataset(tmp_path)

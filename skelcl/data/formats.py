@@ -31,6 +31,11 @@ person is zero; 2D keypoints (C = 2) get a zero third channel, so they lie in th
 (rotations about x and y then foreshorten them, as a camera would a flat figure). ``keypoint_score``
 is not used.
 
+NaN and Inf are refused, naming the file and the sample: memory-mapped arrays (prepared folders,
+ST-GCN ``.npy``, uncompressed ``.npz``) as ``BatchLoader`` gathers each batch (a full scan of many GB
+at load would be slow), everything read into memory (pyskl keypoints, CTR-GCN's converted arrays,
+compressed ``.npz``) at load.
+
 The layout is inferred from V (25 ntu25, 20 kinect20, 17 coco17) unless ``layout`` is given.
 Missing per-sample lengths are inferred as 1 + the last frame with any non-zero value.
 """
@@ -156,6 +161,21 @@ def _load_prepared(path: str, layout: str | None) -> SkeletonArrays:
     )
 
 
+def _check_finite_rows(x, source: str, key: str | None = None, names=None, offset: int = 0,
+                       chunk: int = 1024) -> None:
+    """A ValueError naming ``source`` and the first row of ``x`` that holds NaN or Inf, as
+    ``key[row]`` (``row N`` without a key; rows numbered from ``offset``) and ``names[row]``; read in
+    chunks, as ``x`` may be larger than memory."""
+    for s in range(0, len(x), chunk):
+        rows = np.asarray(x[s : s + chunk])
+        finite = np.isfinite(rows.reshape(len(rows), -1)).all(axis=1)
+        if not finite.all():
+            r = s + int(np.argmin(finite))
+            where = f"{key}[{offset + r}]" if key else f"row {offset + r}"
+            name = f" ({str(names[r])!r})" if names is not None else ""
+            raise ValueError(f"{source}: {where}{name} holds NaN or Inf")
+
+
 def _stgcn_pair(path: str) -> tuple[list[tuple[str, str, bool]], str]:
     """[(data.npy, label.pkl, is_train)] for an ST-GCN directory or one of its data files."""
     if os.path.isdir(path):
@@ -201,9 +221,12 @@ def _load_stgcn(path: str, layout: str | None) -> SkeletonArrays:
         if len(labels) != len(x):
             problem = f"{len(labels)} labels for {len(x)} samples in {data!r}"
             raise ValueError(f"ST-GCN label file {label!r}: {problem}")
+        part_names = np.asarray([n.split(".")[0] for n in sample_names])
+        if not isinstance(x, np.memmap):  # read into memory: checked now (a memory map, per batch)
+            _check_finite_rows(x, f"ST-GCN data {data!r}", names=part_names)
         xs.append(x)
         ys.append(labels)
-        names.append(np.asarray([n.split(".")[0] for n in sample_names]))
+        names.append(part_names)
         train.append(np.full(len(x), is_train))
     # both parts stay memory-mapped: a RowConcat reads each row from the file that holds it
     x = xs[0] if len(xs) == 1 else RowConcat(xs)
@@ -391,6 +414,8 @@ def _load_skelcl_npz(z, path: str, layout: str | None) -> SkeletonArrays:
         for key, value in (("subject", subject), ("view", view), ("setup", setup)):
             if opt[key] is None:
                 opt[key] = value
+    if not isinstance(x, np.memmap):  # held in memory (compressed): checked now, not per batch
+        _check_finite_rows(x, f"skelcl npz {path!r}", "x", opt["name"])
     splits = {}
     if "split" in z.files:
         split = z["split"].astype(str)
@@ -437,10 +462,11 @@ def _load_ctrgcn(z, path: str, layout: str | None) -> SkeletonArrays:
     # parts: the memory needed is the result's, not three copies of it.
     out = np.zeros((total, 3, t_max, v, 2), dtype=np.float32)
     lo = 0
-    for _, x, _ in parts:
+    for part, x, _ in parts:
         n, t = x.shape[:2]
         for s in range(0, n, 1024):
             chunk = np.asarray(x[s : s + 1024])
+            _check_finite_rows(chunk, f"CTR-GCN npz {path!r}", f"x_{part}", offset=s)
             # (N, T, M*V*C) with M outermost and C innermost -> (N, C, T, V, M)
             people = chunk.reshape(len(chunk), t, 2, v, 3)
             out[lo + s : lo + s + len(chunk), :, :t] = people.transpose(0, 4, 1, 3, 2)
@@ -474,6 +500,9 @@ def _load_pyskl(path: str, layout: str | None) -> SkeletonArrays:
         if kp.ndim != 4 or kp.shape[3] not in (2, 3):
             raise ValueError(f"pyskl file {path!r}: annotations[{i}]['keypoint'] must be (M, T, V, 2|3), "
                              f"got shape {kp.shape}")
+        if not np.isfinite(kp).all():  # small and in memory: checked now, naming the clip
+            where = f"annotations[{i}] ({str(a.get('frame_dir', i))!r})"
+            raise ValueError(f"pyskl file {path!r}: {where}: 'keypoint' holds NaN or Inf")
         kps.append(kp)
     v = kps[0].shape[2]
     if any(kp.shape[2] != v for kp in kps):

@@ -5,6 +5,10 @@ every ``world_size``-th index from ``rank`` on (the ``DistributedSampler`` parti
 disjoint samples and a run can resume at any (epoch, batch). A background thread gathers the next
 ``prefetch`` batches (into pinned memory when a GPU is present) while the caller computes; the copy
 to ``device`` is asynchronous from pinned memory.
+
+Every gathered batch is checked for NaN and Inf: memory-mapped datasets are not scanned when loaded
+(a full pass over many GB), so a bad sample is caught here, named with its file and row, rather than
+as non-finite features or a NaN loss many steps later.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import numpy as np
 import torch
 
 from .dataset import SkeletonArrays
-from .rows import LazyRows, RowSubset
+from .rows import LazyRows, RowSubset, row_origin
 
 __all__ = ["BatchLoader"]
 
@@ -197,9 +201,26 @@ class BatchLoader:
             # sorted reads are sequential on a memory map; the inverse permutation restores the order
             order = np.argsort(idx, kind="stable")
             x.numpy()[order] = self.data.x[idx[order]]
+        self._check_finite(x, idx)
         y = torch.from_numpy(np.ascontiguousarray(self.data.y[idx], dtype=np.int64))
         lengths = torch.from_numpy(self._lengths[idx])
         return x, y, lengths
+
+    def _check_finite(self, x: torch.Tensor, idx: np.ndarray) -> None:
+        """A ValueError naming the batch's samples that hold NaN or Inf (file, row, name)."""
+        values = x.numpy()  # NumPy's single thread: no OpenMP team beside the training step's
+        if np.isfinite(values).all():
+            return
+        bad = np.flatnonzero(~np.isfinite(values.reshape(len(idx), -1)).all(axis=1))
+        raise ValueError(f"NaN or Inf in the coordinates of {self._describe(int(idx[bad[0]]))} ({len(bad)} "
+                         f"of the {len(idx)} samples gathered in this batch); fix or drop them at the source")
+
+    def _describe(self, i: int) -> str:
+        """Sample ``i`` of the data as a user can find it: its name and the file row it is read from."""
+        path, row = row_origin(self.data.x, i)
+        where = f"row {row} of {path!r}" if path else f"row {row} of the loaded data"
+        name = self.data.name[i] if self.data.name is not None else None
+        return f"sample {str(name)!r} ({where})" if name is not None else f"the sample at {where}"
 
     def _to_device(self, batch):
         if self.device is None:

@@ -9,13 +9,15 @@ array with ``np.asarray``.
 - ``RowConcat(parts)``: arrays stacked along rows (ST-GCN's train and val files, memory-mapped);
 - ``PaddedRows(keypoints, frames)``: pyskl-style keypoints (M, T, V, C) of any length, laid out and
   zero-padded to (3, frames, V, 2) row by row.
+
+``row_origin(x, i)`` says where row ``i`` of any of them comes from (a file and its row), for errors.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["LazyRows", "RowSubset", "RowConcat", "PaddedRows"]
+__all__ = ["LazyRows", "RowSubset", "RowConcat", "PaddedRows", "row_origin"]
 
 
 class LazyRows:
@@ -164,3 +166,17 @@ class PaddedRows(LazyRows):
         for row, i in zip(out, picked):
             kp = self.keypoints[i][: self.persons]
             row[: kp.shape[3], : kp.shape[1], :, : kp.shape[0]] = kp.transpose(3, 1, 2, 0)
+
+
+def row_origin(x, i: int) -> tuple[str | None, int]:
+    """(file, row in it) that row ``i`` of ``x`` is read from, followed through RowSubset and
+    RowConcat: what an error about a bad row can name. The file is None for rows held in memory
+    (the row is then the one of the innermost array)."""
+    i = int(i)
+    while isinstance(x, (RowSubset, RowConcat)):
+        if isinstance(x, RowSubset):
+            x, i = x.base, int(x.index[i])
+        else:
+            part = int(np.searchsorted(x.starts, i, side="right") - 1)
+            x, i = x.parts[part], i - int(x.starts[part])
+    return (x.filename if isinstance(x, np.memmap) else None), i
