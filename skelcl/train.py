@@ -162,10 +162,9 @@ def _load_data(cfg: TrainConfig, data=None):
     if data.x.shape[3] != joints:
         raise ValueError(f"layout {data.layout!r} has {joints} joints, but the data {cfg.data!r} has "
                          f"{data.x.shape[3]} (dim 3 of x)")
-    train, test = data.train_test(cfg.benchmark)  # ValueError names the known benchmarks
-    if len(train) == 0 or len(test) == 0:
-        raise ValueError(f"benchmark {cfg.benchmark!r} leaves {len(train)} training and {len(test)} "
-                         "test sequences; both must be non-empty")
+    from skelcl.data.splits import split_train_test
+
+    train, test = split_train_test(data, cfg.benchmark)  # names the known benchmarks, refuses empty parts
     return data, train, test
 
 
@@ -631,7 +630,8 @@ def _parser() -> argparse.ArgumentParser:
     a = p.add_argument
     a("--data", default=d.data, help="'synthetic' or a dataset file/directory (ST-GCN .npy, CTR-GCN .npz, "
                                      "pyskl .pkl, raw .skeleton folder)")
-    a("--benchmark", default=d.benchmark, help="split: xview, xsub, xsub60, xview60, xsub120, xset120, given")
+    a("--benchmark", default=d.benchmark,
+      help="split: xview, xsub, xsub60, xview60, xsub120, xset120, given, fold1, fold2, ... (pyskl folds)")
     a("--layout", default=None, help="joint layout (ntu25, kinect20, coco17); default: the data's")
     a("--frames", type=int, default=d.frames, help="frames per sequence after temporal sampling")
     a("--model", default=d.model, help="encoder: stgcn, stgcn-quarter, resnet10, resnet18, resnet34")
