@@ -345,8 +345,8 @@ model.zero_grad()
 expect = model(x)
 expect.square().sum().backward()
 torch.testing.assert_close(out, expect, rtol=1e-5, atol=1e-6)
-for g, p in zip(got, model.parameters()):
-    torch.testing.assert_close(g, p.grad, rtol=1e-4, atol=1e-6)
+for g, p in zip(got, model.parameters()):  # (biases before a batch norm have an exact gradient of 0)
+    torch.testing.assert_close(g, p.grad, rtol=1e-4, atol=1e-5)
 """
 
 
@@ -510,3 +510,4 @@ def test_stgcn_can_be_made_on_the_meta_device_and_loaded(rng):
     model.to_empty(device="cpu").load_state_dict(source.state_dict())
     x = torch.randn(2, 3, 5, 25, 2, generator=rng)
     torch.testing.assert_close(model(x), source(x))
+

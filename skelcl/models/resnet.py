@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from skelcl.models.batchnorm import BatchNorm2d
+
 __all__ = ["SkeletonResNet", "BasicBlock", "RESNET_STAGE_BLOCKS"]
 
 RESNET_STAGE_BLOCKS = {10: (1, 1, 1, 1), 18: (2, 2, 2, 2), 34: (3, 4, 6, 3)}
@@ -19,7 +21,7 @@ RESNET_STAGE_BLOCKS = {10: (1, 1, 1, 1), 18: (2, 2, 2, 2), 34: (3, 4, 6, 3)}
 
 def _conv_bn(c_in: int, c_out: int, kernel: int, stride: int) -> nn.Sequential:
     conv = nn.Conv2d(c_in, c_out, kernel, stride, kernel // 2, bias=False)
-    return nn.Sequential(conv, nn.BatchNorm2d(c_out))
+    return nn.Sequential(conv, BatchNorm2d(c_out))
 
 
 class BasicBlock(nn.Module):

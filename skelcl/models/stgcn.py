@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from skelcl.layouts import Layout, get_layout
+from skelcl.models.batchnorm import BatchNorm2d
 
 __all__ = ["STGCN", "STGCNBlock", "GraphConv", "default_strides", "stgcn_widths"]
 
@@ -508,7 +509,7 @@ class ResidualProjection(nn.Module):
         super().__init__()
         self.stride = stride
         self.linear = nn.Linear(in_channels, out_channels)
-        self.bn = nn.BatchNorm2d(out_channels)
+        self.bn = BatchNorm2d(out_channels)
 
     def forward(self, x: Tensor) -> Tensor:
         w = self.linear.weight
@@ -533,11 +534,11 @@ class STGCNBlock(nn.Module):
             raise ValueError(f"stride must be >= 1, got {stride}")
         self.dropout = dropout
         self.graph_conv = GraphConv(in_channels, out_channels, num_partitions)
-        self.bn_graph = nn.BatchNorm2d(out_channels)
+        self.bn_graph = BatchNorm2d(out_channels)
         # Holds the original (k, 1) weight; forward applies it as (1, k) over the (B, C, V, T) view.
         self.temporal_conv = nn.Conv2d(out_channels, out_channels, (temporal_kernel, 1), (stride, 1),
                                        ((temporal_kernel - 1) // 2, 0))
-        self.bn_temporal = nn.BatchNorm2d(out_channels)
+        self.bn_temporal = BatchNorm2d(out_channels)
         if not residual:
             self.residual = None
         elif in_channels == out_channels and stride == 1:
