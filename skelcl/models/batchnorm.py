@@ -60,12 +60,13 @@ class BatchNorm2d(nn.BatchNorm2d):
     """``nn.BatchNorm2d`` with accurate batch statistics for channels_last float32 CPU tensors."""
 
     def _accurate_path(self, x: Tensor) -> bool:
-        return (x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 4
+        return (not torch.compiler.is_compiling()  # (the compiler makes its own reductions)
+                and x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 4
                 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
                 and (self.training or self.running_mean is None)
                 and x.shape[0] * x.shape[2] * x.shape[3] > 1  # else nn.BatchNorm2d's own error
                 and (self.weight is None or self.weight.dtype == torch.float32)
-                and not torch.is_autocast_enabled("cpu") and not torch.compiler.is_compiling())
+                and not torch.is_autocast_enabled("cpu"))
 
     def forward(self, x: Tensor) -> Tensor:
         if not self._accurate_path(x):
