@@ -524,6 +524,28 @@ def test_load_state_dict_into_a_stepped_optimizer(rng):
         assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("path", PATHS)
+def test_a_replaced_parameter_state_is_the_one_updated(path, rng):
+    """``opt.state[p] = {...}`` between steps (as torch's optimisers allow): the new buffer is read
+    and updated, and it is what state_dict saves."""
+    batches = make_batches(6, torch.float64, rng)
+    net = make_net(torch.float64)
+    opt = use_path(LARS(net.parameters(), lr=0.5), path)
+    train(net, opt, batches[:2])
+    other = copy.deepcopy(net)
+    other_opt = use_path(LARS(other.parameters(), lr=0.5), path)
+    for p, q in zip(net.parameters(), other.parameters()):  # both continue from halved buffers
+        buf = opt.state[p]["momentum_buffer"] / 2
+        opt.state[p] = {"momentum_buffer": buf.clone()}
+        other_opt.state[q] = {"momentum_buffer": buf.clone()}
+    train(net, opt, batches[2:])
+    train(other, other_opt, batches[2:])
+    saved = opt.state_dict()["state"]
+    for i, (p, q) in enumerate(zip(net.parameters(), other.parameters())):
+        assert torch.equal(p, q)
+        assert torch.equal(saved[i]["momentum_buffer"], other_opt.state[q]["momentum_buffer"])
+
+
 def test_fused_results_do_not_depend_on_the_thread_count(rng):
     """Serial and parallel kernel runs, whole-tensor tasks and tensors split between threads
     (adapted and excluded): bitwise the same weights and buffers."""
@@ -581,6 +603,23 @@ def test_closure_returns_loss(rng):
 def test_bad_arguments_raise_value_error(kwargs, word):
     with pytest.raises(ValueError, match=word):
         LARS([nn.Parameter(torch.ones(2, 2))], **kwargs)
+
+
+@pytest.mark.parametrize("kwargs, word", [
+    (dict(lars_exclude="yes"), "lars_exclude"),
+    (dict(lars_exclude=1), "lars_exclude"),
+    (dict(lr=-1.0), "lr"),
+    (dict(momentum=-0.5), "momentum"),
+    (dict(weight_decay=float("nan")), "weight_decay"),
+    (dict(lr=0.0, clip=True), "lr"),
+])
+def test_bad_group_settings_raise_in_the_constructor_and_add_param_group(kwargs, word):
+    with pytest.raises(ValueError, match=word):
+        LARS([{"params": [nn.Parameter(torch.ones(2, 2))], **kwargs}], lr=0.1)
+    opt = LARS([nn.Parameter(torch.ones(2, 2))], lr=0.1)
+    with pytest.raises(ValueError, match=word):
+        opt.add_param_group({"params": [nn.Parameter(torch.ones(3))], **kwargs})
+    assert len(opt.param_groups) == 1  # the refused group is not kept
 
 
 def test_bad_group_override_and_sparse_gradient():

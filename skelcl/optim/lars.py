@@ -65,7 +65,12 @@ class LARS(torch.optim.Optimizer):
     With AMP, call ``scaler.unscale_(opt)`` (optional, e.g. before gradient clipping) and then
     ``scaler.step(opt)``: the scaler skips the whole step when it found an inf or a NaN.
 
-    How this differs from two LARS implementations users may know (as read in their sources):
+    How this differs from three LARS implementations users may know (as read in their sources):
+
+    * SimCLR's TensorFlow ``LARSOptimizer``: the learning rate goes into the momentum buffer
+      (``v <- momentum * v + lr * trust * g``, then ``w <- w - v``); here it multiplies the buffer
+      at the update, as torch's SGD does. The two agree while ``lr`` is constant and differ during
+      warm-up and decay, where a buffer there still carries the earlier rates.
 
     * timm (``timm.optim.Lars``): the trust-ratio denominator is ``||g|| + weight_decay * ||w|| +
       eps`` with the raw gradient (here: the norm of the decayed gradient ``||g + wd * w||``, as
@@ -95,10 +100,7 @@ class LARS(torch.optim.Optimizer):
                         trust_coefficient=trust_coefficient, eps=eps,
                         exclude_bias_and_norm=bool(exclude_bias_and_norm), clip=bool(clip),
                         nesterov=bool(nesterov), lars_exclude=None)
-        super().__init__(params, defaults)
-        for group in self.param_groups:
-            if group["lars_exclude"] not in (None, True, False):
-                raise ValueError(f"lars_exclude: must be None, True or False, got {group['lars_exclude']!r}")
+        super().__init__(params, defaults)  # each group is checked by add_param_group
         # id(group) -> _Plan: the group's buckets, kept between steps while they still apply; the
         # state they were made with and its length then (see _prepare).
         self._plans: dict[int, _Plan] = {}
@@ -110,6 +112,22 @@ class LARS(torch.optim.Optimizer):
         # The Triton kernels (kernels/lars.py): "auto" for CUDA buckets; True also for CPU buckets under
         # TRITON_INTERPRET=1 (tests); False never.
         self._triton = "auto"
+
+    def add_param_group(self, param_group: dict) -> None:
+        """torch's, then the same checks as the constructor's for the group's own settings."""
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        try:
+            _check_lr(group["lr"])
+            for name in ("momentum", "weight_decay", "trust_coefficient", "eps"):
+                _check_number(name, group[name], minimum=0.0)
+            if not (group["lars_exclude"] is None or isinstance(group["lars_exclude"], bool)):
+                raise ValueError(f"lars_exclude: must be None, True or False, got {group['lars_exclude']!r}")
+            if group["clip"] and float(group["lr"]) == 0:
+                raise ValueError("lr: must be positive with clip=True (the LARC clip divides by lr)")
+        except ValueError:
+            self.param_groups.pop()
+            raise
 
     def __setstate__(self, state):
         super().__setstate__(state)  # unpickling, and load_state_dict (new groups and state)
@@ -141,12 +159,13 @@ class LARS(torch.optim.Optimizer):
         The plan (which parameters have gradients, their split by device, dtype and exclusion, and
         their state dicts) is kept between steps and rebuilt when it no longer applies: another
         ``params`` list or exclusion setting, a gradient that appeared or disappeared, a momentum
-        buffer that is gone, or (all plans, see step) a state that was replaced, loaded or changed
-        in length other than by the plans themselves.
+        buffer that is gone, a parameter's state dict that was replaced (``opt.state[p] = {...}``),
+        or (all plans, see step) a state that was replaced, loaded or changed in length other than
+        by the plans themselves.
         """
         plan = self._plans.get(id(group))
         if plan is not None and plan.group is group and plan.current(group):
-            tensors = plan.gather()
+            tensors = plan.gather(self.state)
             if tensors is not None:
                 return plan, tensors
         plan = self._plans[id(group)] = self._plan(group)
@@ -154,7 +173,7 @@ class LARS(torch.optim.Optimizer):
         if len(self._plans) > len(self.param_groups):  # drop the plans of groups that are gone
             live = {id(g) for g in self.param_groups}
             self._plans = {k: v for k, v in self._plans.items() if k in live}
-        return plan, plan.gather()
+        return plan, plan.gather(self.state)
 
     def _plan(self, group: dict) -> _Plan:
         """Split the group's parameters with gradients by (device, dtype) and by exclusion."""
@@ -341,12 +360,15 @@ class _Plan:
         return (group["lars_exclude"] is self.rule and group["exclude_bias_and_norm"] == self.exclude
                 and len(params) == len(self.params) and all(map(is_, params, self.params)))
 
-    def gather(self) -> list[tuple[list[Tensor], list[Tensor]]] | None:
-        """Per bucket, the gradients and buffers; None when the set of gradients changed."""
+    def gather(self, state: dict) -> list[tuple[list[Tensor], list[Tensor]]] | None:
+        """Per bucket, the gradients and buffers; None when the set of gradients changed or a
+        parameter's state dict is no longer the one the bucket holds."""
         out = []
         for bucket in self.buckets:
             grads = [p.grad for p in bucket.params]
             if any(map(is_, grads, repeat(None))):
+                return None
+            if not all(map(is_, map(state.get, bucket.params), bucket.states)):
                 return None
             try:
                 bufs = [s["momentum_buffer"] for s in bucket.states]
