@@ -140,10 +140,17 @@ class RunLog:
         return records
 
     def truncate_after(self, step: int) -> None:
-        """Drop training records logged after ``step`` (work a resumed run will redo)."""
+        """Drop the records of work a run resumed at ``step`` will redo: training records logged
+        after it, and evaluation records (made once training ended) from it on."""
         if not self.enabled:
             return
-        kept = [r for r in self.read_metrics() if r.get("kind") != "train" or int(r.get("step", 0)) <= step]
+
+        def kept_record(r: dict) -> bool:
+            if "step" not in r:
+                return True
+            return int(r["step"]) <= step if r.get("kind") == "train" else int(r["step"]) < step
+
+        kept = [r for r in self.read_metrics() if kept_record(r)]
         text = "".join(json.dumps(r) + "\n" for r in kept)
         _atomic_write_bytes(self.path("metrics.jsonl"), lambda f: f.write(text.encode()))
 

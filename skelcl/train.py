@@ -503,6 +503,7 @@ def _run(cfg: TrainConfig, info, data=None) -> dict:
     pending: list[tuple[int, torch.Tensor]] = []  # (step, loss) not yet checked: avoids a sync per step
 
     last_loss = [float("nan")]
+    step_lr = [float("nan")]  # the learning rate the last step used (the schedule moves on after it)
 
     def kept() -> str:
         return f"{log.checkpoint_path} is the last good checkpoint" if os.path.isfile(
@@ -519,7 +520,7 @@ def _run(cfg: TrainConfig, info, data=None) -> dict:
         dt = max(time.perf_counter() - t_last, 1e-9)
         last_loss[0] = sum(values) / len(values)
         log.log({"kind": "train", "step": pending[-1][0], "epoch": epoch, "loss": last_loss[0],
-                 "lr": opt.param_groups[0]["lr"], "seq_per_s": (seen - seen_last) / dt})
+                 "lr": step_lr[0], "seq_per_s": (seen - seen_last) / dt})
         pending.clear()
         if progress is not None:
             progress.set_postfix(loss=f"{last_loss[0]:.4f}", seq_s=f"{(seen - seen_last) / dt:.0f}")
@@ -533,6 +534,7 @@ def _run(cfg: TrainConfig, info, data=None) -> dict:
         batches = loader.iter_from(epoch, batch_in_epoch)
         try:
             for x, _y, lengths in batches:
+                step_lr[0] = float(opt.param_groups[0]["lr"])
                 try:
                     loss = train_step(x, lengths)
                 except NonFiniteLossError as exc:

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from skelcl import runlog
+from skelcl.optim import warmup_cosine
 from skelcl.train import NonFiniteLossError, TrainConfig, main, run
 
 # 2 subjects x 3 classes x 1 repetition x 3 cameras = 18 sequences; xview: 12 train, 6 test
@@ -63,6 +64,10 @@ def test_run_directory_holds_config_metrics_checkpoint_and_plots(tiny_run):
     train = [r for r in records if r["kind"] == "train"]
     assert [r["step"] for r in train] == list(range(1, 7))  # log_every=1
     assert all(math.isfinite(r["loss"]) and r["lr"] >= 0 and r["seq_per_s"] > 0 for r in train)
+    warmup = round(config["warmup_epochs"] * config["steps_per_epoch"])
+    schedule = warmup_cosine(None, base_lr=config["lr_resolved"], warmup_steps=warmup, total_steps=6)
+    for r in train:  # the rate step s was taken with: schedule index s - 1
+        assert r["lr"] == pytest.approx(schedule(r["step"] - 1), rel=1e-6)
     probe = [r for r in records if r["kind"] == "linear"]
     assert {r["encoder"] for r in probe} == {"pretrained", "random-init"}
     assert len(probe) == 2 * 3
@@ -227,12 +232,13 @@ def test_runlog_truncates_train_records_after_a_step_and_survives_a_cut_line(tmp
     for step in range(1, 6):
         log.log({"kind": "train", "step": step, "loss": float(step)})
     log.log({"kind": "linear", "step": 5, "epoch": 1, "test_top1": 50.0})
+    log.truncate_after(5)  # a finished run resumed at its last step: evaluation is redone
+    assert [(r["kind"], r["step"]) for r in log.read_metrics()] == [("train", s) for s in range(1, 6)]
     log.truncate_after(3)
-    assert [(r["kind"], r["step"]) for r in log.read_metrics()] == [
-        ("train", 1), ("train", 2), ("train", 3), ("linear", 5)]
+    assert [(r["kind"], r["step"]) for r in log.read_metrics()] == [("train", 1), ("train", 2), ("train", 3)]
     with open(tmp_path / "metrics.jsonl", "a") as f:
         f.write('{"kind": "train", "st')  # what a kill in the middle of a write leaves
-    assert len(log.read_metrics()) == 4
+    assert len(log.read_metrics()) == 3
     disabled = runlog.RunLog(str(tmp_path / "rank1"), enabled=False)
     disabled.log({"kind": "train", "step": 1})
     disabled.write_summary({"linear_top1": 1.0})
