@@ -1,7 +1,8 @@
 """SkeletonResNet: a 2D ResNet that reads a skeleton sequence as an image.
 
 The xyz coordinates are the image channels and frames x joints the pixel grid; persons are folded
-into the batch and their pooled features averaged. The stem keeps full resolution (a 3x3 conv,
+into the batch and their pooled features averaged over all M slots, an absent (all-zero) person
+included, as ST-GCN does. The stem keeps full resolution (a 3x3 conv,
 no max-pool) because the grid is small (e.g. 50 x 25); the four stages halve it three times.
 All convolutions run in channels_last memory format.
 """
