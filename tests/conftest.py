@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -35,6 +37,22 @@ def triton_device() -> str:
     if not HAS_TRITON:
         pytest.skip("triton is not installed")
     return "cuda" if HAS_CUDA else "cpu"
+
+
+@pytest.fixture
+def fresh_python():
+    """Runs a Python program in a new process with this checkout importable (for what must happen
+    before anything is loaded, such as a first call inside torch.compile); a non-zero exit fails the
+    test with the program's stderr."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = os.environ | {"PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
+
+    def run(program: str, timeout: float = 300) -> None:
+        done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, env=env,
+                              timeout=timeout)
+        assert done.returncode == 0, done.stderr[-3000:]
+
+    return run
 
 
 @pytest.fixture

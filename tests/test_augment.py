@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import warnings
 
 import pytest
@@ -305,16 +302,12 @@ assert err < 1e-5
 """
 
 
-def test_torch_compile_traces_a_first_call():
+def test_torch_compile_traces_a_first_call(fresh_python):
     """In a fresh process, the first call of the op may be inside the compiled function: the C++
     build and op registration run eagerly while dynamo traces."""
     if aug._cpu_op() is None:
         pytest.skip("the C++ extension could not be built")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = os.environ | {"PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
-    done = subprocess.run([sys.executable, "-c", _FIRST_CALL_COMPILED], capture_output=True, text=True,
-                          env=env, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
+    fresh_python(_FIRST_CALL_COMPILED)
 
 
 @pytest.mark.slow

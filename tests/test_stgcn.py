@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import copy
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -350,16 +347,12 @@ for g, p in zip(got, model.parameters()):  # (biases before a batch norm have an
 """
 
 
-def test_torch_compile_fullgraph_traces_a_first_call_on_cpu():
+def test_torch_compile_fullgraph_traces_a_first_call_on_cpu(fresh_python):
     """In a fresh process, compiling first (no eager call, no load_cpu_kernels): the C++ mixing
     kernel is built while dynamo traces, and its ops have fake implementations."""
     if not stgcn_module._graph_mix_available():
         pytest.skip("the C++ extension could not be built")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = os.environ | {"PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
-    done = subprocess.run([sys.executable, "-c", _FIRST_CALL_COMPILED], capture_output=True, text=True,
-                          env=env, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
+    fresh_python(_FIRST_CALL_COMPILED)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
