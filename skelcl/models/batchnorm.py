@@ -71,7 +71,6 @@ class BatchNorm2d(nn.BatchNorm2d):
     def forward(self, x: Tensor) -> Tensor:
         if not self._accurate_path(x):
             return super().forward(x)
-        self._check_input_dim(x)
         with torch.no_grad():
             mean, var = channels_last_batch_stats(x.detach())
             if self.training and self.track_running_stats and self.running_mean is not None:

@@ -87,9 +87,8 @@ def _check_params(x: Tensor, angles, shift, per_frame: bool) -> tuple[Tensor, Te
         if not skip and not bool(torch.isfinite(value).all()):
             raise ValueError(f"{name} contains NaN or Inf")
     acc = _acc_dtype(x)
-    # contiguous: the Triton kernel reads each (alpha, beta, gamma) triple as 3 adjacent values
-    a = angles.detach().to(device=x.device, dtype=acc).contiguous()
-    s = shift.detach().to(device=x.device, dtype=acc).contiguous()
+    a = angles.detach().to(device=x.device, dtype=acc)
+    s = shift.detach().to(device=x.device, dtype=acc)
     frames = lambda p: n_frames if p.dim() == 3 else 1
     return a.reshape(1, n_seq, frames(a), 3), s.reshape(1, n_seq, frames(s), 3)
 
