@@ -89,17 +89,11 @@ class LARS(torch.optim.Optimizer):
     def __init__(self, params, lr: float, momentum: float = 0.9, weight_decay: float = 1e-6,
                  trust_coefficient: float = 1e-3, eps: float = 0.0, exclude_bias_and_norm: bool = True,
                  clip: bool = False, nesterov: bool = False):
-        _check_lr(lr)
-        _check_number("momentum", momentum, minimum=0.0)
-        _check_number("weight_decay", weight_decay, minimum=0.0)
-        _check_number("trust_coefficient", trust_coefficient, minimum=0.0)
-        _check_number("eps", eps, minimum=0.0)
-        if clip and float(lr) == 0:
-            raise ValueError("lr: must be positive with clip=True (the LARC clip divides by lr)")
         defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay,
                         trust_coefficient=trust_coefficient, eps=eps,
                         exclude_bias_and_norm=bool(exclude_bias_and_norm), clip=bool(clip),
                         nesterov=bool(nesterov), lars_exclude=None)
+        _check_settings(defaults)
         super().__init__(params, defaults)  # each group is checked by add_param_group
         # id(group) -> _Plan: the group's buckets, kept between steps while they still apply; the
         # state they were made with and its length then (see _prepare).
@@ -114,17 +108,10 @@ class LARS(torch.optim.Optimizer):
         self._triton = "auto"
 
     def add_param_group(self, param_group: dict) -> None:
-        """torch's, then the same checks as the constructor's for the group's own settings."""
+        """torch's, then the constructor's checks on the group's settings (defaults filled in)."""
         super().add_param_group(param_group)
-        group = self.param_groups[-1]
         try:
-            _check_lr(group["lr"])
-            for name in ("momentum", "weight_decay", "trust_coefficient", "eps"):
-                _check_number(name, group[name], minimum=0.0)
-            if not (group["lars_exclude"] is None or isinstance(group["lars_exclude"], bool)):
-                raise ValueError(f"lars_exclude: must be None, True or False, got {group['lars_exclude']!r}")
-            if group["clip"] and float(group["lr"]) == 0:
-                raise ValueError("lr: must be positive with clip=True (the LARC clip divides by lr)")
+            _check_settings(self.param_groups[-1])
         except ValueError:
             self.param_groups.pop()
             raise
@@ -409,6 +396,17 @@ def _cpu_op():
         ok = load_extension("skelcl_lars", ("lars.cpp",)) is not None
         _CPU_OP.append(torch.ops.skelcl.lars_step_.default if ok else None)
     return _CPU_OP[0]
+
+
+def _check_settings(group: dict) -> None:
+    """The hyper-parameters of a group (or the defaults): a ValueError naming the first bad one."""
+    _check_lr(group["lr"])
+    for name in ("momentum", "weight_decay", "trust_coefficient", "eps"):
+        _check_number(name, group[name], minimum=0.0)
+    if not (group["lars_exclude"] is None or isinstance(group["lars_exclude"], bool)):
+        raise ValueError(f"lars_exclude: must be None, True or False, got {group['lars_exclude']!r}")
+    if group["clip"] and float(group["lr"]) == 0:
+        raise ValueError("lr: must be positive with clip=True (the LARC clip divides by lr)")
 
 
 def _check_lr(lr) -> None:
