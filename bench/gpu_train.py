@@ -69,11 +69,12 @@ def ntu_sized_synthetic(n: int, frames: int = FRAMES, **synthetic):
 
 
 def epoch_config(out: str, amp: bool = True, batch: int = BATCH, frames: int = FRAMES, width: int = WIDTH,
-                 depth: int | None = None, compile: bool | str = False) -> dict:
+                 depth: int | None = None, compile: bool | str = False, joint_mixing: str = "auto") -> dict:
     """The ``skelcl.train`` configuration of the epoch benchmark (also used by the CPU benchmark)."""
     return dict(data="synthetic-ntu60-sized", benchmark="bench", frames=frames, model="stgcn-quarter",
                 width=width, depth=depth, epochs=1, batch_size=batch, amp=amp, out=out, evaluate=False,
-                progress=False, tensorboard=False, log_every=10, checkpoint_every=0, compile=compile)
+                progress=False, tensorboard=False, log_every=10, checkpoint_every=0, compile=compile,
+                joint_mixing=joint_mixing)
 
 
 def measure_epoch(data, amp: bool = True, **config) -> dict:
@@ -168,7 +169,8 @@ def _guard(suite, case, impl, fn):
 
 COMPILED_EPOCH_AFTER_S = 60.0  # the compiled epoch (about a minute) runs only if the rest took less
 # The compiled epoch's mixing: replayed from CUDA graphs, the sparse Triton kernels beat the batched
-# product by 10-16 % on an H100 (gpu_encoder's graph rows), whichever was fastest eagerly.
+# product by 8-21 % on an H100 and an H200 (gpu_encoder's graph and compiled rows), whichever was
+# fastest eagerly; it is what skelcl.train's joint_mixing="auto" picks there.
 GRAPHED_MIX = "sparse"
 
 
@@ -191,7 +193,7 @@ def run(out_dir: str, quick: bool = False) -> list[dict]:
 
     # Train-step rows first: the epoch then runs with whichever joint mixing made the fastest step.
     repeats = 5 if quick else 20
-    from gpu_encoder import portable_mix, with_portable_mix
+    from gpu_encoder import with_portable_mix
 
     impl_of_mix = {"bmm": "skelcl-bf16", "aligned": "skelcl-bf16-aligned", "sparse": "skelcl-bf16-sparse"}
     makers = [("reference", make_reference_step)]
@@ -216,8 +218,7 @@ def run(out_dir: str, quick: bool = False) -> list[dict]:
             t0 = time.perf_counter()
             built["data"] = ntu_sized_synthetic(n)
             built["seconds"] = time.perf_counter() - t0
-        with portable_mix(mix):
-            return measure_epoch(built["data"], amp=True, **config)
+        return measure_epoch(built["data"], amp=True, joint_mixing=mix, **config)
 
     def epoch_row():
         r = epoch_with_mix(best_mix)

@@ -50,6 +50,7 @@ class NonFiniteLossError(FloatingPointError):
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 _GRAPHED_MODES = ("reduce-overhead", "max-autotune")
+JOINT_MIXINGS = ("auto", "bmm", "aligned", "sparse")  # skelcl.models.stgcn.PORTABLE_MIX_CHOICES + auto
 
 
 @dataclass
@@ -79,6 +80,8 @@ class TrainConfig:
     views: str = "paper"  # a skelcl.views preset, "none" for no view augmentation
     amp: bool = False
     compile: bool | str = False  # True or a torch.compile mode ("default", "reduce-overhead", ...)
+    # how ST-GCN mixes joints on a GPU: "auto" (see resolve_joint_mixing), "bmm", "aligned" or "sparse"
+    joint_mixing: str = "auto"
     seed: int = 0
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1" (DDP always uses its local device)
     # run directory and bookkeeping
@@ -123,6 +126,8 @@ class TrainConfig:
             raise ValueError(f"probe_optimizer must be 'adam' or 'sgd', got {self.probe_optimizer!r}")
         if self.compile not in (False, True) + COMPILE_MODES:
             raise ValueError(f"compile must be True, False or one of {COMPILE_MODES}, got {self.compile!r}")
+        if self.joint_mixing not in JOINT_MIXINGS:
+            raise ValueError(f"joint_mixing must be one of {JOINT_MIXINGS}, got {self.joint_mixing!r}")
         if not isinstance(self.seed, int) or self.seed < 0:
             raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
 
@@ -307,6 +312,19 @@ _RESUME_KEYS = ("data", "synthetic", "benchmark", "layout", "frames", "model", "
                 "temperature", "views", "amp", "seed")
 
 
+def resolve_joint_mixing(cfg: TrainConfig, device: torch.device) -> str | None:
+    """How ST-GCN mixes the joints in this run (None: the model's default, ``stgcn.PORTABLE_MIX``, which
+    SKELCL_PORTABLE_MIX sets). An explicit ``joint_mixing`` is used as given. "auto" picks the sparse
+    Triton kernels where the steps are replayed from CUDA graphs (``--compile reduce-overhead`` or
+    ``max-autotune`` on a GPU): 8-21 % faster there than the batched product at widths 16 and 64 on an
+    H200 (bench/RESULTS.md), though slower in eager mode, where the host's launches are the limit."""
+    if cfg.joint_mixing != "auto":
+        return cfg.joint_mixing
+    if device.type != "cuda" or cfg.compile not in _GRAPHED_MODES or os.environ.get("SKELCL_PORTABLE_MIX"):
+        return None
+    return "sparse"
+
+
 def _check_resumable(cfg: TrainConfig, saved: dict) -> None:
     now = dataclasses.asdict(cfg)
     changed = [k for k in _RESUME_KEYS if k in saved and saved[k] != now[k]]
@@ -369,7 +387,7 @@ def _run(cfg: TrainConfig, info, data=None) -> dict:
     from skelcl.data.loader import BatchLoader
     from skelcl.evaluate import ProbeConfig, evaluate_encoder, random_encoder, resolve_device
     from skelcl.layouts import get_layout
-    from skelcl.models import ContrastiveModel, build_encoder
+    from skelcl.models import ContrastiveModel, build_encoder, stgcn
     from skelcl.optim import LARS, scaled_lr, warmup_cosine
     from skelcl.views import get_sampler
 
@@ -398,6 +416,9 @@ def _run(cfg: TrainConfig, info, data=None) -> dict:
     spec = encoder_spec(cfg)
     encoder = build_encoder(spec["name"], layout=layout, **spec["kwargs"])
     model = ContrastiveModel(encoder, proj_dim=cfg.proj_dim)
+    joint_mixing = resolve_joint_mixing(cfg, device)
+    if joint_mixing is not None:
+        stgcn.set_portable_mix(model, joint_mixing)
     if world > 1:
         from skelcl.dist import convert_sync_batchnorm
 
@@ -447,6 +468,7 @@ def _run(cfg: TrainConfig, info, data=None) -> dict:
         log.truncate_after(0)  # training records of a run stopped before its first checkpoint: redone now
     resolved = dataclasses.asdict(cfg) | {"lr_resolved": lr, "world_size": world, "device": str(device),
                                           "layout_resolved": layout, "amp_mode": amp_note,
+                                          "joint_mixing_resolved": joint_mixing or stgcn.PORTABLE_MIX,
                                           "steps_per_epoch": steps_per_epoch, "total_steps": total_steps,
                                           "train_sequences": len(train_set), "test_sequences": len(test_set)}
     log.write_config(resolved)
@@ -654,6 +676,10 @@ def _parser() -> argparse.ArgumentParser:
     a("--compile", nargs="?", const=True, default=False, choices=COMPILE_MODES, metavar="MODE",
       help="torch.compile the model; MODE: " + ", ".join(COMPILE_MODES) + " (reduce-overhead replays the "
            "encoder's forward and backward from CUDA graphs: for small widths, whose steps wait on the host)")
+    a("--joint-mixing", default=d.joint_mixing, choices=JOINT_MIXINGS,
+      help="how ST-GCN mixes the joints on a GPU: the batched product (bmm, the default), a transposed, "
+           "padded matrix (aligned) or sparse Triton kernels (sparse); auto: sparse when --compile "
+           "reduce-overhead replays the steps from CUDA graphs, where it is the fastest")
     a("--out", default=None, help=f"run directory (default: {d.out}, or {d.out}-2, -3, ... when it holds "
                                   "a run; with --resume the last of these)")
     a("--resume", action="store_true", help="continue from the run directory's last checkpoint")

@@ -7,6 +7,7 @@ import copy
 import pytest
 import torch
 from nctv_stgcn import NCTVSTGCN
+from torch import nn
 
 from skelcl.layouts import get_layout
 from skelcl.models import STGCN, ContrastiveModel, build_encoder, convert_stgcn_state_dict
@@ -162,6 +163,57 @@ def test_portable_mix_setting_is_checked(monkeypatch):
     monkeypatch.setattr(stgcn_module, "PORTABLE_MIX", "dense")
     with pytest.raises(ValueError, match="PORTABLE_MIX"):
         STGCN(widths=(4, 8))(torch.randn(1, 3, 4, 25, 2))
+
+
+def _spy(monkeypatch, function_class) -> list:
+    """Records each call of ``function_class.apply`` (an autograd.Function) and still runs it."""
+    calls, apply = [], function_class.apply
+    monkeypatch.setattr(function_class, "apply", lambda *a: calls.append(1) or apply(*a))
+    return calls
+
+
+def test_set_portable_mix_chooses_per_model(monkeypatch):
+    """set_portable_mix reaches every GraphConv through a wrapper, overrides the module-wide setting
+    for that model alone, computes the same function, and None hands the choice back."""
+    monkeypatch.setattr(stgcn_module, "_cpu", lambda x: False)
+    monkeypatch.setattr(stgcn_module, "PORTABLE_MIX", "bmm")
+    aligned_calls = _spy(monkeypatch, stgcn_module._MixAligned)
+    torch.manual_seed(0)
+    model = ContrastiveModel(STGCN(widths=(4, 8, 8)), proj_dim=8).eval()
+    other = copy.deepcopy(model)
+    x = torch.randn(2, 3, 6, 25, 2)
+    want = model(x)
+    assert stgcn_module.set_portable_mix(model, "aligned") == 3
+    got = model(x)
+    assert len(aligned_calls) == 3
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    other(x)  # the copy made before keeps the module-wide batched product
+    assert len(aligned_calls) == 3
+    stgcn_module.set_portable_mix(model, None)
+    model(x)
+    assert len(aligned_calls) == 3
+    assert stgcn_module.set_portable_mix(nn.Linear(2, 2), "sparse") == 0
+    with pytest.raises(ValueError, match="mix must be one of"):
+        stgcn_module.set_portable_mix(model, "dense")
+
+
+@pytest.mark.triton
+def test_set_portable_mix_sparse_runs_the_triton_kernels(monkeypatch, triton_device):
+    """A model set to "sparse" mixes with the Triton kernels while the module-wide setting is the
+    batched product, with the same outputs and gradients."""
+    monkeypatch.setattr(stgcn_module, "_cpu", lambda x: False)
+    monkeypatch.setattr(stgcn_module, "PORTABLE_MIX", "bmm")
+    sparse_calls = _spy(monkeypatch, stgcn_module._SparseMixTriton)
+    torch.manual_seed(0)
+    model = STGCN(widths=(4, 8), dropout=0.0).to(triton_device)
+    x = torch.randn(2, 3, 5, 25, 2, device=triton_device)
+    want = _output_and_grads(model, model, x)
+    assert not sparse_calls
+    stgcn_module.set_portable_mix(model, "sparse")
+    got = _output_and_grads(model, model, x)
+    assert len(sparse_calls) == 2
+    for name, value in want.items():
+        torch.testing.assert_close(got[name], value, rtol=1e-4, atol=1e-5, msg=name)
 
 
 def test_cpu_graph_conv_in_chunks(rng, monkeypatch):

@@ -11,7 +11,7 @@ import torch
 
 from skelcl import runlog
 from skelcl.optim import warmup_cosine
-from skelcl.train import NonFiniteLossError, TrainConfig, main, run
+from skelcl.train import NonFiniteLossError, TrainConfig, config_from_args, main, resolve_joint_mixing, run
 
 # 2 subjects x 3 classes x 1 repetition x 3 cameras = 18 sequences; xview: 12 train, 6 test
 TINY_SYNTHETIC = dict(num_subjects=2, reps_per_class=1, num_frames=16, num_classes=3, seed=3)
@@ -177,12 +177,44 @@ def test_unreadable_data_file_fails_with_a_clear_message(tmp_path, cache_dir):
     "overrides, match",
     [({"epochs": 0}, "epochs"), ({"lr": -1.0}, "lr"), ({"temperature": 0}, "temperature"),
      ({"lr_rule": "cubic"}, "lr_rule"), ({"width": 0}, "width"), ({"frames": 2.5}, "frames"),
-     ({"nonsense": 1}, "unknown keys")],
+     ({"joint_mixing": "dense"}, "joint_mixing"), ({"nonsense": 1}, "unknown keys")],
 )
 def test_config_rejects_bad_values(overrides, match):
     with pytest.raises(ValueError, match=match):
         cfg = TrainConfig.from_dict(overrides)
         cfg.validate()
+
+
+def test_joint_mixing_auto_is_sparse_only_where_cuda_graphs_replay_the_steps(monkeypatch):
+    monkeypatch.delenv("SKELCL_PORTABLE_MIX", raising=False)
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    for mode in ("reduce-overhead", "max-autotune"):
+        assert resolve_joint_mixing(TrainConfig(compile=mode), cuda) == "sparse"
+        assert resolve_joint_mixing(TrainConfig(compile=mode), cpu) is None
+    for mode in (False, True, "default", "max-autotune-no-cudagraphs"):
+        assert resolve_joint_mixing(TrainConfig(compile=mode), cuda) is None
+    assert resolve_joint_mixing(TrainConfig(compile="reduce-overhead", joint_mixing="bmm"), cuda) == "bmm"
+    assert resolve_joint_mixing(TrainConfig(joint_mixing="aligned"), cpu) == "aligned"
+    monkeypatch.setenv("SKELCL_PORTABLE_MIX", "aligned")  # the environment's choice for the run stands
+    assert resolve_joint_mixing(TrainConfig(compile="reduce-overhead"), cuda) is None
+    assert config_from_args(["--joint-mixing", "sparse", "--out", "unused"]).joint_mixing == "sparse"
+
+
+def test_joint_mixing_reaches_the_model_and_the_run_directory(tmp_path, cache_dir, monkeypatch):
+    """--joint-mixing aligned: every graph convolution of the trained model mixes that way (CPU
+    autocast takes the portable path), and config.json records the choice."""
+    from skelcl.models import stgcn
+
+    calls, apply = [], stgcn._MixAligned.apply
+    monkeypatch.setattr(stgcn._MixAligned, "apply", lambda *a: calls.append(1) or apply(*a))
+    out = tmp_path / "aligned"
+    run(tiny_config(out, cache_dir, epochs=1, amp=True, joint_mixing="aligned"))
+    assert len(calls) >= 3 * 3  # 3 blocks, 3 steps
+    config = json.loads((out / "config.json").read_text())
+    assert config["joint_mixing"] == "aligned" and config["joint_mixing_resolved"] == "aligned"
+    run(tiny_config(tmp_path / "auto", cache_dir, epochs=1))
+    resolved = json.loads((tmp_path / "auto" / "config.json").read_text())["joint_mixing_resolved"]
+    assert resolved == stgcn.PORTABLE_MIX  # on CPU, auto keeps the module-wide default
 
 
 def test_command_line_runs_and_reports_errors(tmp_path, cache_dir, capsys):

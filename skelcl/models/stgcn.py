@@ -17,8 +17,8 @@ batch norm below runs on a view and no activation is copied between layers.
   activations (K times the input) for more than a few sequences at a time, computes the weight
   gradient one partition at a time, and mixes with a sparse C++ kernel (csrc/graph_mix.cpp) on the
   non-zeros of the layout's partitions. Elsewhere the mixing is a dense batched product, chosen by
-  ``PORTABLE_MIX``: the matrix as it is, transposed and padded for aligned GEMM operands, or the
-  sparse Triton kernels of kernels/graph_mix.py.
+  ``PORTABLE_MIX`` (or per model, ``set_portable_mix``): the matrix as it is, transposed and padded
+  for aligned GEMM operands, or the sparse Triton kernels of kernels/graph_mix.py.
 
 Parameters keep the shapes of the original convolutions (1x1 ones squeezed), so
 ``skelcl.models.convert_stgcn_state_dict`` maps original checkpoints one to one.
@@ -37,7 +37,7 @@ from torch import Tensor, nn
 from skelcl.layouts import Layout, get_layout
 from skelcl.models.batchnorm import BatchNorm2d
 
-__all__ = ["STGCN", "STGCNBlock", "GraphConv", "default_strides", "stgcn_widths"]
+__all__ = ["STGCN", "STGCNBlock", "GraphConv", "default_strides", "set_portable_mix", "stgcn_widths"]
 
 FULL_WIDTHS = (64, 64, 64, 64, 128, 128, 128, 256, 256, 256)
 
@@ -300,14 +300,30 @@ class _MixProjectCPU(torch.autograd.Function):
 #             multiple of 8, so that no GEMM operand has a leading dimension of 25 or 75 (which keeps
 #             cuBLAS on alignment-1 kernels); the permute to (B, W, T, K*C) is fused into it;
 #   "sparse"  the sparse Triton kernels of kernels/graph_mix.py on the partitions' non-zeros.
-# All three are tested against each other; "aligned" and "sparse" are not yet timed on a GPU.
-# The environment variable SKELCL_PORTABLE_MIX sets it for a whole run.
+# All three are tested against each other. On an H100 and an H200 (bench/RESULTS.md) "sparse" is the
+# fastest wherever the step's launches are replayed from CUDA graphs (8-21 % faster than "bmm" at widths
+# 16 and 64) and the slowest in eager mode, where the host's launches are the limit; hence "bmm" by
+# default, and skelcl.train picks "sparse" for --compile reduce-overhead on a GPU.
+# The environment variable SKELCL_PORTABLE_MIX sets it for a whole run; set_portable_mix, per model.
 PORTABLE_MIX = os.environ.get("SKELCL_PORTABLE_MIX", "bmm")
 PORTABLE_MIX_CHOICES = ("bmm", "aligned", "sparse")
 
 
-def _triton_mix_usable(x: Tensor) -> bool:
-    if PORTABLE_MIX != "sparse":
+def set_portable_mix(model: nn.Module, mix: str | None) -> int:
+    """Mix the joints the ``mix`` way (one of ``PORTABLE_MIX_CHOICES``) in every GraphConv inside
+    ``model``, whatever wraps it; None returns them to the module-wide ``PORTABLE_MIX``. Returns how
+    many graph convolutions were set (0 for a model without any, such as SkeletonResNet). Only the
+    portable path (GPUs, CPU autocast) reads it: the CPU kernels always mix sparsely."""
+    if mix is not None and mix not in PORTABLE_MIX_CHOICES:
+        raise ValueError(f"mix must be one of {PORTABLE_MIX_CHOICES} or None, got {mix!r}")
+    convs = [m for m in model.modules() if isinstance(m, GraphConv)]
+    for conv in convs:
+        conv.portable_mix = mix
+    return len(convs)
+
+
+def _triton_mix_usable(x: Tensor, mix: str) -> bool:
+    if mix != "sparse":
         return False
     if x.dtype not in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
         return False
@@ -320,10 +336,10 @@ def _triton_mix_usable(x: Tensor) -> bool:
     return True
 
 
-def _check_portable_mix() -> None:
-    if PORTABLE_MIX not in PORTABLE_MIX_CHOICES:
+def _check_portable_mix(mix: str) -> None:
+    if mix not in PORTABLE_MIX_CHOICES:
         raise ValueError(f"stgcn.PORTABLE_MIX (environment: SKELCL_PORTABLE_MIX) must be one of "
-                         f"{PORTABLE_MIX_CHOICES}, got {PORTABLE_MIX!r}")
+                         f"{PORTABLE_MIX_CHOICES}, got {mix!r}")
 
 
 _ZEROS: dict = {}  # (rows, cols, dtype, device) -> a zero block that is never written
@@ -425,7 +441,8 @@ class GraphConv(nn.Module):
     """Spatial graph convolution over K adjacency partitions on ``(B, V, T, C)`` activations.
 
     ``weight`` is ``(K*C_out, C_in)`` and ``bias`` ``(K*C_out,)`` with row ``k*C_out + c``, the
-    layout of the original ``Conv2d(C_in, K*C_out, 1)``.
+    layout of the original ``Conv2d(C_in, K*C_out, 1)``. ``portable_mix``: how the portable path
+    mixes the joints (None: the module-wide ``PORTABLE_MIX``; see ``set_portable_mix``).
     """
 
     def __init__(self, in_channels: int, out_channels: int, num_partitions: int, bias: bool = True):
@@ -433,6 +450,7 @@ class GraphConv(nn.Module):
         self.in_channels, self.out_channels, self.num_partitions = in_channels, out_channels, num_partitions
         self.weight = nn.Parameter(torch.empty(num_partitions * out_channels, in_channels))
         self.bias = nn.Parameter(torch.empty(num_partitions * out_channels)) if bias else None
+        self.portable_mix: str | None = None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -448,7 +466,7 @@ class GraphConv(nn.Module):
         ``support`` (shaped like adjacency, optional): a tensor that is zero wherever adjacency is
         zero for every value of what it depends on (the layout's partitions A when adjacency is
         A * edge importance), or its pattern as STGCN builds it once. On CPU (and on a GPU with
-        ``PORTABLE_MIX = "sparse"``) the joints are then mixed with a sparse kernel and the
+        the "sparse" mixing) the joints are then mixed with a sparse kernel and the
         gradient w.r.t. adjacency is computed on the support only.
         """
         b, v, t, c_in = x.shape
@@ -461,15 +479,16 @@ class GraphConv(nn.Module):
         if _cpu_fast_path(x):
             csr = None if support is None else self._support_csr(support, k, w_joints, v)
             return _MixProjectCPU.apply(x, mix, self.weight, bias, k, csr)
-        _check_portable_mix()
+        how = getattr(self, "portable_mix", None) or PORTABLE_MIX  # a model pickled before the attribute
+        _check_portable_mix(how)
         x3 = x.reshape(b, v, t * c_in)
-        if PORTABLE_MIX == "aligned":
+        if how == "aligned":
             # autocast does not reach into an autograd.Function's backward: give it one dtype
             dev = x.device.type
             dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x.dtype
             xa = _MixAligned.apply(x3.to(dtype), mix.to(dtype), k, t)
         else:
-            if support is not None and _triton_mix_usable(x):
+            if support is not None and _triton_mix_usable(x, how):
                 xa = _SparseMixTriton.apply(x3, mix, self._support_csr(support, k, w_joints, v))
             else:
                 # bmm with the matrix broadcast (batch stride 0): torch.matmul would fold the batch
