@@ -308,6 +308,14 @@ class SavedRows(list):
         super().append(row)
         self._save(list(self))
 
+    def extend(self, rows) -> None:
+        super().extend(rows)
+        self._save(list(self))
+
+    def __iadd__(self, rows):
+        self.extend(rows)
+        return self
+
 
 def read_rows(path: str) -> list[dict]:
     """Rows from a file written by :func:`write_json` (or a bare list of rows)."""

@@ -191,6 +191,7 @@ def run(out_dir: str, quick: bool = False, sizes: list[int] | None = None, impls
         sweep: bool = True) -> list[dict]:
     """``sizes``/``impls``/``sweep`` narrow the run (the command line's --sizes, --impls, --no-sweep)."""
     _root_on_path()
+    import _timing
     import torch
 
     from skelcl import reference
@@ -202,7 +203,9 @@ def run(out_dir: str, quick: bool = False, sizes: list[int] | None = None, impls
     t_start = time.monotonic()
     sizes = sizes or ([4096, 65536, 1048576] if quick else SIZES)
     dtypes = {"bfloat16": torch.bfloat16, "float32": torch.float32}
-    rows = _tile_sweep(torch, quick) if sweep else []
+    os.makedirs(out_dir, exist_ok=True)
+    rows = _timing.SavedRows(lambda done: _write(out_dir, done))  # a run cut short keeps what it measured
+    rows += _tile_sweep(torch, quick) if sweep else []
     torch.cuda.empty_cache()  # the sweep's tensors are gone with its frame
     rows += _check_rows(torch, ntxent_loss, reference)
     from skelcl.kernels import ntxent as kernels
@@ -256,10 +259,13 @@ def run(out_dir: str, quick: bool = False, sizes: list[int] | None = None, impls
         if base is not None and row["ms"] and row["suite"] == "ntxent-fwd-bwd":
             row["ratio_vs_ref"] = base / row["ms"]
 
-    os.makedirs(out_dir, exist_ok=True)
+    _write(out_dir, list(rows))
+    return list(rows)
+
+
+def _write(out_dir: str, rows: list[dict]) -> None:
     with open(os.path.join(out_dir, "ntxent.json"), "w") as f:
         json.dump(rows, f, indent=1)
-    return rows
 
 
 if __name__ == "__main__":

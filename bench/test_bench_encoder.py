@@ -63,3 +63,17 @@ def test_gpu_report_parts_on_cpu(tmp_path):
     assert rows and all(set(r) == keys for r in rows)
     if not torch.cuda.is_available():
         assert all(r["ms"] is None for r in rows)
+
+
+def test_saved_rows_are_written_out_at_every_addition():
+    """The GPU modules keep their rows in SavedRows so that a module cut at its time limit still
+    leaves what it measured: appending, extending and += each write the rows so far."""
+    import _timing
+
+    written = []
+    rows = _timing.SavedRows(lambda done: written.append([r["i"] for r in done]))
+    rows.append({"i": 0})
+    rows += [{"i": 1}, {"i": 2}]
+    rows.extend([{"i": 3}])
+    assert isinstance(rows, _timing.SavedRows)
+    assert written == [[0], [0, 1, 2], [0, 1, 2, 3]]
