@@ -169,7 +169,7 @@ def _guard(suite, case, impl, fn):
 
 COMPILED_EPOCH_AFTER_S = 60.0  # the compiled epoch (about a minute) runs only if the rest took less
 # The compiled epoch's mixing: replayed from CUDA graphs, the sparse Triton kernels beat the batched
-# product by 8-21 % on an H100 and an H200 (gpu_encoder's graph and compiled rows), whichever was
+# product by 8-24 % on an H100 and an H200 (gpu_encoder's graph and compiled rows), whichever was
 # fastest eagerly; it is what skelcl.train's joint_mixing="auto" picks there.
 GRAPHED_MIX = "sparse"
 

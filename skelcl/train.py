@@ -316,8 +316,8 @@ def resolve_joint_mixing(cfg: TrainConfig, device: torch.device) -> str | None:
     """How ST-GCN mixes the joints in this run (None: the model's default, ``stgcn.PORTABLE_MIX``, which
     SKELCL_PORTABLE_MIX sets). An explicit ``joint_mixing`` is used as given. "auto" picks the sparse
     Triton kernels where the steps are replayed from CUDA graphs (``--compile reduce-overhead`` or
-    ``max-autotune`` on a GPU): 8-21 % faster there than the batched product at widths 16 and 64 on an
-    H200 (bench/RESULTS.md), though slower in eager mode, where the host's launches are the limit."""
+    ``max-autotune`` on a GPU): 8-21 % more throughput there than the batched product at widths 16 and
+    64 on an H200 (bench/RESULTS.md); in eager mode their extra launches make them lose on most hosts."""
     if cfg.joint_mixing != "auto":
         return cfg.joint_mixing
     if device.type != "cuda" or cfg.compile not in _GRAPHED_MODES or os.environ.get("SKELCL_PORTABLE_MIX"):

@@ -301,8 +301,8 @@ class _MixProjectCPU(torch.autograd.Function):
 #             cuBLAS on alignment-1 kernels); the permute to (B, W, T, K*C) is fused into it;
 #   "sparse"  the sparse Triton kernels of kernels/graph_mix.py on the partitions' non-zeros.
 # All three are tested against each other. On an H100 and an H200 (bench/RESULTS.md) "sparse" is the
-# fastest wherever the step's launches are replayed from CUDA graphs (8-21 % faster than "bmm" at widths
-# 16 and 64) and the slowest in eager mode, where the host's launches are the limit; hence "bmm" by
+# fastest wherever the step's launches are replayed from CUDA graphs (8-24 % more throughput than "bmm"
+# at widths 16 and 64); in eager mode its extra launches make it lose on most hosts. Hence "bmm" by
 # default, and skelcl.train picks "sparse" for --compile reduce-overhead on a GPU.
 # The environment variable SKELCL_PORTABLE_MIX sets it for a whole run; set_portable_mix, per model.
 PORTABLE_MIX = os.environ.get("SKELCL_PORTABLE_MIX", "bmm")
