@@ -195,6 +195,9 @@ def test_set_portable_mix_chooses_per_model(monkeypatch):
     assert stgcn_module.set_portable_mix(nn.Linear(2, 2), "sparse") == 0
     with pytest.raises(ValueError, match="mix must be one of"):
         stgcn_module.set_portable_mix(model, "dense")
+    model.encoder.blocks[0].graph_conv.portable_mix = "dense"  # set by hand: refused when the model runs
+    with pytest.raises(ValueError, match="GraphConv.portable_mix"):
+        model(x)
 
 
 @pytest.mark.triton

@@ -338,8 +338,9 @@ def _triton_mix_usable(x: Tensor, mix: str) -> bool:
 
 def _check_portable_mix(mix: str) -> None:
     if mix not in PORTABLE_MIX_CHOICES:
-        raise ValueError(f"stgcn.PORTABLE_MIX (environment: SKELCL_PORTABLE_MIX) must be one of "
-                         f"{PORTABLE_MIX_CHOICES}, got {mix!r}")
+        raise ValueError(f"the joint mixing (GraphConv.portable_mix, or stgcn.PORTABLE_MIX from the "
+                         f"environment's SKELCL_PORTABLE_MIX) must be one of {PORTABLE_MIX_CHOICES}, "
+                         f"got {mix!r}")
 
 
 _ZEROS: dict = {}  # (rows, cols, dtype, device) -> a zero block that is never written
