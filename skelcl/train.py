@@ -13,15 +13,15 @@ of the same architecture (linear probe and kNN, ``skelcl.evaluate``) and writes 
 (``skelcl.runlog``). ``--resume`` continues from the run directory's last checkpoint; with the same
 seed the result equals that of an uninterrupted run.
 
-Defaults, chosen by measurement on a 2-core CPU so that the whole command (data generation,
-pretraining, both evaluations) stays well under 10 minutes: the built-in synthetic set (cross-view
-split: 2,400 training sequences from cameras 2 and 3, 1,200 test sequences from camera 1), a narrow
-ST-GCN (8-16-32 channels, 6 blocks), 20 frames, batch 128, 30 epochs, LARS at 0.075 * sqrt(B), the
+Defaults, chosen by measurement on a 2-core CPU so that the whole command (data generation, pretraining,
+both evaluations) stays well under 10 minutes: the built-in synthetic set (cross-view split: 2,400
+training sequences from cameras 2 and 3, 1,200 test sequences from camera 1), a narrow ST-GCN (``stgcn-
+small``: 8-16-32 channels, 6 blocks), 20 frames, batch 128, 30 epochs, LARS at 0.075 * sqrt(B), the
 paper's views ("paper": angles in 60-degree steps, distance 0-2.5 m). With ``--amp``, seeds 0, 1, 2:
 linear top-1 on the camera-1 test split 91.3 / 94.0 / 92.8 % against 35.8 / 40.2 / 24.2 % for the
 random-init encoder; ``--views moderate`` (yaw +-60, pitch and roll +-15 degrees) gave 75.2 / 75.9 /
-72.0 % and ``--views none`` 33.8 % (seed 0). On a GPU use the model's own width and depth
-(``--width model --depth model``: SkeletonCLR's 16-...-64 ST-GCN) and more epochs.
+72.0 % and ``--views none`` 33.8 % (seed 0). On a GPU use a larger encoder (``--model stgcn-quarter``:
+SkeletonCLR's 16-...-64 ST-GCN, or ``--model stgcn``) and more epochs.
 ``--amp`` on CPU uses bf16 autocast (this CPU has AVX512-BF16); on CPUs without bf16 support it may
 be slower than float32.
 """
@@ -64,9 +64,9 @@ class TrainConfig:
     layout: str | None = None  # None: the data's own layout
     frames: int = 20  # frames per sequence after temporal sampling
     # model
-    model: str = "stgcn-quarter"
-    width: int | None = 8  # channels of the first encoder block (None: the model's default, 16)
-    depth: int | None = 6  # encoder blocks / layers (None: the model's default, 10)
+    model: str = "stgcn-small"  # 8-16-32 channels in 6 blocks; "stgcn-quarter" is SkeletonCLR's size
+    width: int | None = None  # channels of the first encoder block (None: the model's own)
+    depth: int | None = None  # encoder blocks / layers (None: the model's own)
     proj_dim: int = 128
     # optimisation
     epochs: int = 30
@@ -174,7 +174,8 @@ def _load_data(cfg: TrainConfig, data=None):
 
 
 # channels of the first block of each encoder preset at width_multiplier 1
-_BASE_WIDTH = {"stgcn": 64, "stgcn-quarter": 16, "resnet10": 64, "resnet18": 64, "resnet34": 64}
+_BASE_WIDTH = {"stgcn": 64, "stgcn-quarter": 16, "stgcn-small": 8, "resnet10": 64, "resnet18": 64,
+               "resnet34": 64}
 
 
 def encoder_spec(cfg: TrainConfig) -> dict:
@@ -325,9 +326,27 @@ def resolve_joint_mixing(cfg: TrainConfig, device: torch.device) -> str | None:
     return "sparse"
 
 
-def _check_resumable(cfg: TrainConfig, saved: dict) -> None:
+def _architecture(spec: dict, layout: str) -> tuple:
+    """The encoder a spec builds, as its class and parameter and buffer shapes (built on the meta
+    device: no memory, no random draws), so that two specs naming one network compare equal."""
+    from skelcl.models import build_encoder
+
+    with torch.device("meta"):
+        encoder = build_encoder(spec["name"], layout=layout, **spec.get("kwargs", {}))
+    return type(encoder).__name__, [(k, tuple(v.shape)) for k, v in encoder.state_dict().items()]
+
+
+def _check_resumable(cfg: TrainConfig, saved: dict, saved_spec: dict | None = None, layout: str = "") -> None:
+    """Refuses to resume with settings that change the run. The encoder counts as unchanged when it
+    has the same architecture, whatever names it (``--model stgcn-small`` is ``stgcn-quarter`` at
+    width 8 and depth 6, the default of earlier versions)."""
     now = dataclasses.asdict(cfg)
-    changed = [k for k in _RESUME_KEYS if k in saved and saved[k] != now[k]]
+    keys = _RESUME_KEYS
+    same_encoder = saved_spec is not None and (
+        _architecture(saved_spec, layout) == _architecture(encoder_spec(cfg), layout))
+    if same_encoder:
+        keys = tuple(k for k in keys if k not in ("model", "width", "depth"))
+    changed = [k for k in keys if k in saved and saved[k] != now[k]]
     if changed:
         detail = ", ".join(f"{k}: {saved[k]!r} -> {now[k]!r}" for k in changed)
         raise ValueError(f"--resume: the checkpoint in {cfg.out} was written with other settings ({detail})")
@@ -445,7 +464,7 @@ def _run(cfg: TrainConfig, info, data=None) -> dict:
         if state is None:
             print(f"--resume: no checkpoint in {cfg.out}, starting from scratch", file=sys.stderr)
         else:
-            _check_resumable(cfg, state["config"])
+            _check_resumable(cfg, state["config"], state.get("encoder_spec"), layout)
             raw_model.load_state_dict(state["model"])
             opt.load_state_dict(state["optimizer"])
             sched.load_state_dict(state["scheduler"])
@@ -658,12 +677,15 @@ def _parser() -> argparse.ArgumentParser:
       help="split: xview, xsub, xsub60, xview60, xsub120, xset120, given, fold1, fold2, ... (pyskl folds)")
     a("--layout", default=None, help="joint layout (ntu25, kinect20, coco17); default: the data's")
     a("--frames", type=int, default=d.frames, help="frames per sequence after temporal sampling")
-    a("--model", default=d.model, help="encoder: stgcn, stgcn-quarter, resnet10, resnet18, resnet34")
+    a("--model", default=d.model,
+      help="encoder: stgcn-small (default: 8-16-32 channels, 6 blocks, sized for a CPU), stgcn-quarter "
+           "(SkeletonCLR's 16-...-64), stgcn (the original 64-...-256), resnet10, resnet18, resnet34")
     a("--width", type=_int_or_model_default, default=d.width,
-      help=f"channels of the first encoder block (default {d.width}; 'model' for the model's own: "
-           "16 for stgcn-quarter, 64 for stgcn and resnet)")
+      help="channels of the first encoder block (default: the model's own, 8 for stgcn-small, 16 for "
+           "stgcn-quarter, 64 for stgcn and the resnets)")
     a("--depth", type=_int_or_model_default, default=d.depth,
-      help=f"encoder blocks or layers (default {d.depth}; 'model' for the model's own: 10 for ST-GCN)")
+      help="encoder blocks or layers (default: the model's own, 6 for stgcn-small, 10 for stgcn and "
+           "stgcn-quarter, N for resnetN)")
     a("--epochs", type=int, default=d.epochs)
     a("--batch-size", type=int, default=d.batch_size, help="global batch size")
     a("--lr", type=float, default=None, help="LARS learning rate (default: scaled to the batch size)")

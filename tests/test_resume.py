@@ -105,3 +105,18 @@ def test_resume_with_other_settings_is_refused(tmp_path, cache_dir):
     run(tiny_config(tmp_path, cache_dir, epochs=1))
     with pytest.raises(ValueError, match="batch_size: 4 -> 6"):
         run(tiny_config(tmp_path, cache_dir, epochs=1, batch_size=6, resume=True))
+
+
+def test_resume_accepts_the_same_encoder_under_another_name(tmp_path, cache_dir, capsys):
+    """A run of the former default (stgcn-quarter at width 8, depth 6) resumes with the new default
+    names for that network (stgcn-small, the model's own size); a network of another shape is refused,
+    naming the settings."""
+    common = dict(epochs=2, checkpoint_every=2, depth=3)
+    run(tiny_config(tmp_path, cache_dir, stop_after_steps=3, model="stgcn-quarter", width=8, **common))
+    with pytest.raises(ValueError, match="width: 8 -> 16"):
+        run(tiny_config(tmp_path, cache_dir, model="stgcn-quarter", width=16, resume=True, **common))
+    capsys.readouterr()
+    summary = run(tiny_config(tmp_path, cache_dir, model="stgcn-small", width=None, resume=True, **common))
+    out = capsys.readouterr().out
+    assert "resumed from" in out and "at step 2 " in out
+    assert summary["steps"] == 6

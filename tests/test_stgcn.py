@@ -330,6 +330,9 @@ def test_presets_and_parameter_count():
     shallow = build_encoder("stgcn", depth=4, width_multiplier=0.5)
     assert shallow.widths == (32, 32, 64, 128)
     assert build_encoder("stgcn-quarter", layout="kinect20").layout.num_joints == 20
+    small = build_encoder("stgcn-small")  # skelcl.train's default: the former quarter at width 8, depth 6
+    assert small.widths == (8, 8, 16, 16, 32, 32) and small.strides == (1, 1, 2, 1, 2, 1)
+    assert build_encoder("stgcn-small", width_multiplier=0.5, depth=3).widths == (4, 8, 16)
 
 
 def test_dropout_and_odd_lengths(rng):

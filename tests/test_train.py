@@ -185,6 +185,23 @@ def test_config_rejects_bad_values(overrides, match):
         cfg.validate()
 
 
+@pytest.mark.parametrize("model, widths", [("stgcn-small", (8, 8, 16, 16, 32, 32)),
+                                           ("stgcn-quarter", (16,) * 4 + (32,) * 3 + (64,) * 3),
+                                           ("stgcn", (64,) * 4 + (128,) * 3 + (256,) * 3)])
+def test_model_flag_alone_gives_that_models_own_size(model, widths):
+    """--model without --width/--depth builds the named network at its own size (the defaults do not
+    shrink every model to the main job's width), and the resnets build with their own depth."""
+    from skelcl.models import build_encoder
+    from skelcl.train import encoder_spec
+
+    spec = encoder_spec(config_from_args(["--model", model, "--out", "unused"]))
+    assert build_encoder(spec["name"], **spec["kwargs"]).widths == widths
+    spec = encoder_spec(config_from_args(["--model", "resnet18", "--out", "unused"]))
+    assert spec == {"name": "resnet18", "kwargs": {}}
+    spec = encoder_spec(config_from_args(["--model", "stgcn", "--width", "16", "--depth", "4", "--out", "x"]))
+    assert build_encoder(spec["name"], **spec["kwargs"]).widths == (16, 16, 32, 64)
+
+
 def test_joint_mixing_auto_is_sparse_only_where_cuda_graphs_replay_the_steps(monkeypatch):
     monkeypatch.delenv("SKELCL_PORTABLE_MIX", raising=False)
     cuda, cpu = torch.device("cuda"), torch.device("cpu")

@@ -13,7 +13,9 @@ from skelcl.models.stgcn import STGCN, stgcn_widths
 __all__ = ["STGCN", "SkeletonResNet", "ContrastiveModel", "convert_stgcn_state_dict", "build_encoder",
            "ENCODERS", "stgcn_widths"]
 
-ENCODERS = ("stgcn", "stgcn-quarter", "resnet10", "resnet18", "resnet34")
+ENCODERS = ("stgcn", "stgcn-quarter", "stgcn-small", "resnet10", "resnet18", "resnet34")
+# each ST-GCN preset: (width multiplier of the original 64-...-256 network, default depth)
+_STGCN_PRESETS = {"stgcn": (1.0, 10), "stgcn-quarter": (0.25, 10), "stgcn-small": (0.125, 6)}
 
 
 def build_encoder(name: str, layout: str | Layout = "ntu25", width_multiplier: float = 1.0,
@@ -22,6 +24,7 @@ def build_encoder(name: str, layout: str | Layout = "ntu25", width_multiplier: f
 
     * ``"stgcn"``: the original ST-GCN, 10 blocks of 64-...-256 channels.
     * ``"stgcn-quarter"``: 16-16-16-16-32-32-32-64-64-64 (SkeletonCLR / AimCLR size).
+    * ``"stgcn-small"``: 8-8-16-16-32-32, 6 blocks: ``skelcl.train``'s default, sized for a CPU.
     * ``"resnet10" | "resnet18" | "resnet34"``: SkeletonResNet, base width 64; ``depth`` overrides.
 
     Other keywords go to the model (``dropout``, ``num_classes``, ``temporal_kernel``, ...).
@@ -34,8 +37,9 @@ def build_encoder(name: str, layout: str | Layout = "ntu25", width_multiplier: f
     if name.startswith("stgcn"):
         if "widths" in kw:
             raise ValueError("widths cannot be combined with a preset name: use STGCN(widths=...)")
-        scale = width_multiplier * (0.25 if name == "stgcn-quarter" else 1.0)
-        return STGCN(layout=lay, widths=stgcn_widths(10 if depth is None else depth, scale), **kw)
+        scale, own_depth = _STGCN_PRESETS[name]
+        widths = stgcn_widths(own_depth if depth is None else depth, width_multiplier * scale)
+        return STGCN(layout=lay, widths=widths, **kw)
     base = round(kw.pop("width", 64) * width_multiplier)
     return SkeletonResNet(depth=int(name[len("resnet"):]) if depth is None else depth, width=max(1, base),
                           num_joints=lay.num_joints, **kw)
