@@ -31,6 +31,7 @@ def _worker(rank, init_file, cases):
     try:
         for backend, dtype, tol, allow_tf32 in cases:
             _check_rank(rank, backend, dtype, tol, allow_tf32)
+        _check_mismatches_raise_on_every_rank(rank)
     finally:
         dist.destroy_process_group()
 
@@ -66,6 +67,27 @@ def _check_rank(rank, backend, dtype, tol, allow_tf32):
         raise AssertionError("NaN on rank 1 was not reported")
     # Unchecked: no rank raises, and the global loss is NaN on every rank, the clean one included.
     assert torch.isnan(ntxent_loss(bad, z2[rows], TAU, backend=backend, check_finite=False))
+
+
+def _check_mismatches_raise_on_every_rank(rank):
+    """Ranks that disagree on what must be shared all raise the same clear error (no hang, no abort
+    inside a collective): rank 1 passes another D, dtype, temperature or an empty batch."""
+    from skelcl.ops import ntxent_loss
+
+    def ok():
+        return torch.randn(3, 8), torch.randn(3, 8)
+
+    cases = [((torch.randn(3, 6), torch.randn(3, 6)), {}, r"feature size D on every rank, got \[8, 6\]"),
+             ((torch.randn(3, 8).double(), torch.randn(3, 8).double()), {}, "same dtype"),
+             (ok(), {"temperature": 0.5}, r"temperature on every rank, got \[0.1, 0.5\]"),
+             ((torch.randn(0, 8), torch.randn(0, 8)), {}, r"batch size N on every rank, got \[3, 0\]")]
+    for theirs, kwargs, match in cases:
+        z1, z2 = ok() if rank == 0 else theirs
+        settings = {"temperature": 0.1, "backend": "cpu"} | (kwargs if rank == 1 else {})
+        with pytest.raises(ValueError, match=match):
+            ntxent_loss(z1, z2, **settings)
+    with pytest.raises(ValueError, match="empty batch .* on every rank"):
+        ntxent_loss(torch.randn(0, 8), torch.randn(0, 8), backend="cpu")
 
 
 def test_two_ranks_equal_one_process(tmp_path):

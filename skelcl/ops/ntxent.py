@@ -265,26 +265,43 @@ def _gather_rows(t: Tensor, group) -> list[Tensor]:
     return [o.view(t.dtype) for o in out] if t.dtype in _LOW_PRECISION else out
 
 
+def _check_ranks_agree(z1: Tensor, problem: str | None, temperature: float, normalize: bool, backend: str,
+                       group) -> None:
+    """One small gather compares, on every rank alike, what the ranks must share (batch size, D, dtype,
+    backend, normalize, temperature) and their NaN/Inf flags, so that either all ranks raise or none
+    does: a lone raise, or mismatched collectives later, would hang or abort the others."""
+    n, d = z1.shape
+    mine = [n, problem is not None, d, _FUSED_DTYPES.index(z1.dtype), BACKENDS.index(backend), normalize,
+            temperature]
+    info = torch.tensor(mine, dtype=torch.float64, device=z1.device)
+    infos = torch.stack(_gather_rows(info, group)).cpu()
+    if problem:
+        raise NonFiniteInputError(problem)
+    if bool(infos[:, 1].any()):
+        bad = infos[:, 1].nonzero().flatten().tolist()
+        raise NonFiniteInputError(f"z1 or z2 contains NaN or Inf on rank(s) {bad}")
+    shared = ((0, "batch size N", int), (2, "feature size D", int),
+              (3, "dtype", lambda v: str(_FUSED_DTYPES[int(v)])), (4, "backend", lambda v: BACKENDS[int(v)]),
+              (5, "normalize", bool), (6, "temperature", float))
+    for col, what, shown in shared:
+        if bool((infos[:, col] != infos[0, col]).any()):
+            values = [shown(v) for v in infos[:, col].tolist()]
+            raise ValueError(f"ntxent_loss with a group needs the same {what} on every rank, got {values} "
+                             "(by rank)")
+    if n == 0:
+        raise ValueError("z1 and z2 are an empty batch (N = 0) on every rank: the loss needs N >= 1")
+
+
 class _GlobalNTXent(torch.autograd.Function):
     @staticmethod
     def forward(ctx, z1, z2, temperature, normalize, backend, allow_tf32, group, check_finite):
         n = z1.shape[0]
         rank, world = dist.get_rank(group), dist.get_world_size(group)
-        zh, inv, sumsq = _normalize(backend, z1, z2, normalize, allow_tf32)
+        if n:
+            zh, inv, sumsq = _normalize(backend, z1, z2, normalize, allow_tf32)
         if check_finite:
-            problem = _nonfinite_message(sumsq, n)
-            # One small gather checks, on every rank alike, the batch sizes and the NaN/Inf flags, so
-            # that either all ranks raise or none does (a lone raise would hang the others).
-            info = torch.tensor([n, problem is not None], dtype=torch.int64, device=z1.device)
-            infos = torch.stack(_gather_rows(info, group)).cpu()
-            if problem:
-                raise NonFiniteInputError(problem)
-            if bool(infos[:, 1].any()):
-                bad = infos[:, 1].nonzero().flatten().tolist()
-                raise NonFiniteInputError(f"z1 or z2 contains NaN or Inf on rank(s) {bad}")
-            if bool((infos[:, 0] != n).any()):
-                sizes = infos[:, 0].tolist()
-                raise ValueError(f"z1 and z2 must have the same batch size N on every rank, got {sizes}")
+            problem = _nonfinite_message(sumsq, n) if n else None
+            _check_ranks_agree(z1, problem, temperature, normalize, backend, group)
 
         n_total, offset = world * n, rank * n
         keys = torch.cat(_gather_rows(zh[:n], group) + _gather_rows(zh[n:], group))  # [Z1; Z2]
@@ -331,7 +348,7 @@ def _triton_usable(t: Tensor) -> bool:
     return t.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
 
 
-def _validate(z1, z2, temperature, backend) -> str:
+def _validate(z1, z2, temperature, backend, allow_empty: bool = False) -> str:
     """Checks the arguments; returns the concrete backend."""
     for name, z in (("z1", z1), ("z2", z2)):
         if not isinstance(z, Tensor):
@@ -342,7 +359,7 @@ def _validate(z1, z2, temperature, backend) -> str:
         raise ValueError(f"z1 and z2 must have the same feature size D, got {z1.shape[1]} and {z2.shape[1]}")
     if z1.shape[0] != z2.shape[0]:
         raise ValueError(f"z1 and z2 must have the same batch size N, got {z1.shape[0]} and {z2.shape[0]}")
-    if z1.shape[0] == 0:
+    if z1.shape[0] == 0 and not allow_empty:  # with a group, checked with the other ranks instead
         raise ValueError("z1 and z2 are an empty batch (N = 0): the loss needs N >= 1")
     if z1.shape[1] == 0:
         raise ValueError("z1 and z2 have D = 0 features")
@@ -392,15 +409,17 @@ def ntxent_loss(z1: Tensor, z2: Tensor, temperature: float = 0.1, *, normalize: 
     already reduces in a fixed order. ``group``: see the module docstring.
 
     ``check_finite`` (default True): raise NonFiniteInputError when z1 or z2 holds NaN or Inf (with a
-    group, on every rank alike, and a batch-size mismatch between ranks raises ValueError). On a GPU
+    group, on every rank alike, and ranks that differ in N, D, dtype, backend, ``normalize`` or the
+    temperature raise ValueError, as does N = 0 on any rank). On a GPU
     the check reads one value back, so the host waits for the forward pass to finish; training loops
     that watch the loss value anyway can pass False: non-finite inputs then give a NaN loss. With a
-    group, False also skips the batch-size check (every rank must pass the same N).
+    group, False also skips the check between ranks (every rank must pass the same N, D and settings).
     """
-    backend = _validate(z1, z2, temperature, backend)
+    group = _resolve_group(group)
+    # With a group and the check, an empty batch on one rank is refused on every rank alike.
+    backend = _validate(z1, z2, temperature, backend, allow_empty=group is not None and bool(check_finite))
     temperature = float(temperature)
     del deterministic  # both fused backends are deterministic (fixed reduction order, no atomics)
-    group = _resolve_group(group)
     if backend == "torch":
         if group is not None:
             raise ValueError("backend 'torch' is single-process; use backend 'cpu' or 'triton' with a group")
