@@ -121,10 +121,13 @@ class _AllReduceSum(torch.autograd.Function):
 class GlooSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
     """Batch norm whose training statistics span every rank of ``process_group``, on any device.
 
-    Per channel, each rank contributes (count, sum, sum of squares) in float32 (float64 input stays
-    float64); one all-reduce gives the global mean and biased variance, and the running variance
-    gets the unbiased one, as for a single process on the concatenated batch. Gradients flow
-    through the all-reduce. Outside training, or without an initialised group, it is plain BN.
+    Per channel, each rank contributes its count, mean and sum of squared deviations from that mean
+    (in float32; float64 input stays float64); one all-reduce gathers them, and they combine exactly
+    (Chan et al.'s parallel variance) into the global mean and biased variance. The running variance
+    gets the unbiased one, as for a single process on the concatenated batch. Unlike a sum of squares
+    minus the squared mean, this keeps float32 accurate for channels whose mean is large against their
+    spread. Gradients flow through the all-reduce. Outside training (as torch.nn.SyncBatchNorm), or
+    without an initialised group, it is plain BN.
     """
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True, track_running_stats=True,
@@ -143,28 +146,34 @@ class GlooSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
 
     def forward(self, x: Tensor) -> Tensor:
         self._check_input_dim(x)
-        use_batch = self.training or not self.track_running_stats
-        synced = use_batch and dist.is_available() and dist.is_initialized() and \
+        # Only in training, as torch.nn.SyncBatchNorm: evaluation (batch statistics or not) stays local,
+        # so one rank may evaluate alone.
+        synced = self.training and dist.is_available() and dist.is_initialized() and \
             dist.get_world_size(self.process_group) > 1
         if not synced:
             return super().forward(x)
-        if self.training and self.track_running_stats:
+        if self.track_running_stats:
             self.num_batches_tracked.add_(1)
         c = x.shape[1]
         acc = torch.float64 if x.dtype == torch.float64 else torch.float32
         flat = x.transpose(0, 1).reshape(c, -1).to(acc)  # (C, everything else)
-        local = torch.cat([
-            torch.full((1,), flat.shape[1], dtype=acc, device=x.device),
-            flat.sum(dim=1),
-            flat.square().sum(dim=1),
-        ])
-        total = _AllReduceSum.apply(local, self.process_group)
-        count, s, sq = total[0], total[1:c + 1], total[c + 1:]
+        n_local = flat.shape[1]
+        mean_local = flat.sum(dim=1) / max(n_local, 1)  # zeros for an empty part
+        m2_local = (flat - mean_local[:, None]).square().sum(dim=1)
+        # Each rank fills its own row; the all-reduce (a sum) then gathers every rank's row.
+        world, rank = dist.get_world_size(self.process_group), dist.get_rank(self.process_group)
+        row = torch.cat([torch.full((1,), n_local, dtype=acc, device=x.device), mean_local, m2_local])
+        rows = _AllReduceSum.apply(
+            torch.cat([torch.zeros(rank * row.numel(), dtype=acc, device=x.device), row,
+                       torch.zeros((world - rank - 1) * row.numel(), dtype=acc, device=x.device)]),
+            self.process_group).view(world, 2 * c + 1)
+        counts, means, m2s = rows[:, :1], rows[:, 1:c + 1], rows[:, c + 1:]
+        count = counts.sum()
         if count.item() < 2:
             raise ValueError("GlooSyncBatchNorm needs more than one value per channel across all ranks")
-        mean = s / count
-        var = (sq / count - mean.square()).clamp_min(0.0)
-        if self.training and self.track_running_stats:
+        mean = (counts * means).sum(dim=0) / count
+        var = (m2s + counts * (means - mean).square()).sum(dim=0) / count
+        if self.track_running_stats:
             m = self._momentum()
             with torch.no_grad():
                 self.running_mean.mul_(1 - m).add_(mean.detach().to(self.running_mean.dtype), alpha=m)
@@ -200,9 +209,9 @@ def _convert_to_gloo(module: nn.Module, group) -> nn.Module:
     return out
 
 
-def _wants_torch_sync(model: nn.Module) -> bool:
+def _wants_torch_sync(model: nn.Module, group=None) -> bool:
     if dist.is_available() and dist.is_initialized():
-        return dist.get_backend() == "nccl"
+        return dist.get_backend(group) == "nccl"
     return any(t.is_cuda for t in model.parameters()) or any(t.is_cuda for t in model.buffers())
 
 
@@ -214,6 +223,6 @@ def convert_sync_batchnorm(model: nn.Module, group=None) -> nn.Module:
     """
     if not isinstance(model, nn.Module):
         raise ValueError(f"model must be an nn.Module, got {type(model).__name__}")
-    if _wants_torch_sync(model):
+    if _wants_torch_sync(model, group):
         return nn.SyncBatchNorm.convert_sync_batchnorm(model, process_group=group)
     return _convert_to_gloo(model, group)
