@@ -279,7 +279,7 @@ def contrastive_loss(model: nn.Module, x1, x2, temperature: float, group, amp_dt
 
     with torch.autocast(x1.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
         z = model(torch.cat([x1, x2]))
-    z1, z2 = z.float().chunk(2)
+    z1, z2 = (z if z.dtype == torch.float64 else z.float()).chunk(2)  # autocast's 16-bit out: float32
     try:
         return ntxent_loss(z1, z2, temperature, group=group, check_finite=check_finite)
     except NonFiniteInputError as exc:  # the loss checks its inputs (on every rank alike)

@@ -326,3 +326,17 @@ def test_cuda_run_with_reduce_overhead_compile(tmp_path, cache_dir):
     """The encoder's forward and backward replayed from CUDA graphs by torch.compile, for real."""
     summary = run(tiny_config(tmp_path, cache_dir, amp=True, device="cuda", compile="reduce-overhead"))
     assert math.isfinite(summary["final_loss"]) and summary["steps"] == 6
+
+
+def test_contrastive_loss_keeps_float64_models_in_float64():
+    """A float64 model's loss is formed in float64 (16-bit autocast outputs go to float32)."""
+    from skelcl import reference
+    from skelcl.train import contrastive_loss
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(6, 4).double()
+    x1, x2 = torch.randn(5, 6, dtype=torch.float64), torch.randn(5, 6, dtype=torch.float64)
+    loss = contrastive_loss(model, x1, x2, 0.1, None, None)
+    assert loss.dtype == torch.float64
+    want = reference.ntxent_loss(model(x1), model(x2), 0.1)
+    assert abs(loss.item() - want.item()) < 1e-12
