@@ -71,17 +71,31 @@ def _val_grad_kernel(g_ptr, x_ptr, rows_ptr, col_ptr, partial_ptr, B, V, R, L, N
     tl.store(partial_ptr + block * NNZ + j, tl.sum(acc, axis=0))
 
 
+_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def _check_floating(x: torch.Tensor) -> None:
+    if x.dtype not in _FLOAT_DTYPES:
+        raise ValueError(f"graph mixing takes {[str(d) for d in _FLOAT_DTYPES]} activations, got {x.dtype}")
+
+
 def _block_l(length: int) -> int:
     return min(1024, max(16, triton.next_power_of_2(length)))
 
 
 def graph_mix(x: torch.Tensor, rowptr: torch.Tensor, col: torch.Tensor, val: torch.Tensor,
               out: torch.Tensor | None = None) -> torch.Tensor:
-    """``x`` (B, V, L) contiguous; CSR ``rowptr`` (R+1,), ``col`` (nnz,) int64, ``val`` (nnz,) -> (B, R, L)."""
+    """``x`` (B, V, L); CSR ``rowptr`` (R+1,), ``col`` (nnz,) int64, ``val`` (nnz,) -> (B, R, L).
+    The kernel steps through dense rows: inputs are made contiguous here, and ``out`` must be."""
+    _check_floating(x)
+    x, rowptr, col, val = (t.contiguous() for t in (x, rowptr, col, val))
     b, v, length = x.shape
     rows = rowptr.numel() - 1
     if out is None:
         out = x.new_empty(b, rows, length)
+    elif not out.is_contiguous() or out.shape != (b, rows, length) or out.dtype != x.dtype:
+        raise ValueError(f"out must be a contiguous ({b}, {rows}, {length}) {x.dtype} tensor, got "
+                         f"{tuple(out.shape)} {out.dtype}, contiguous={out.is_contiguous()}")
     if b * rows == 0 or length == 0:
         return out
     block = _block_l(length)
@@ -93,8 +107,10 @@ def graph_mix(x: torch.Tensor, rowptr: torch.Tensor, col: torch.Tensor, val: tor
 
 
 def graph_mix_val_grad(g: torch.Tensor, x: torch.Tensor, rows: torch.Tensor, col: torch.Tensor) -> torch.Tensor:
-    """``g`` (B, R, L), ``x`` (B, V, L), both contiguous; ``rows``, ``col`` (nnz,) -> (nnz,) in x's
-    dtype (float32 partial sums for 16-bit inputs)."""
+    """``g`` (B, R, L), ``x`` (B, V, L) (made contiguous here); ``rows``, ``col`` (nnz,) -> (nnz,) in
+    x's dtype (float32 partial sums for 16-bit inputs)."""
+    _check_floating(x)
+    g, x, rows, col = (t.contiguous() for t in (g, x, rows, col))
     b, v, length = x.shape
     nnz = col.numel()
     acc_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32

@@ -68,3 +68,44 @@ def test_graph_conv_with_triton_mixing_matches_dense(triton_device, rng, monkeyp
     for sparse_t, dense_t in zip(*results):
         torch.testing.assert_close(sparse_t, dense_t, rtol=1e-4, atol=1e-5)
     assert results[0][2][1, 1, 20] != 0
+
+
+def test_launchers_take_strided_inputs_and_refuse_other_dtypes(triton_device, rng):
+    """The raw launchers (public to other pipelines) read dense rows: a transposed or sliced x gives
+    the same result as its contiguous copy, and integer activations are refused, not misread."""
+    from skelcl.kernels.graph_mix import graph_mix, graph_mix_val_grad
+
+    csr, pattern = _random_csr(6, 5, rng)
+    dense = torch.randn(6, 5, generator=rng) * pattern
+    val = dense[csr.rows, csr.cols].to(triton_device)
+    idx = [t.to(triton_device) for t in (csr.rowptr, csr.cols, csr.rows)]
+    x = torch.randn(3, 9, 5, generator=rng).to(triton_device).transpose(1, 2)  # (3, 5, 9), strided
+    g = torch.randn(3, 6, 18, generator=rng).to(triton_device)[:, :, ::2]  # (3, 6, 9), strided
+    torch.testing.assert_close(graph_mix(x, idx[0], idx[1], val),
+                               graph_mix(x.contiguous(), idx[0], idx[1], val))
+    torch.testing.assert_close(graph_mix_val_grad(g, x, idx[2], idx[1]),
+                               graph_mix_val_grad(g.contiguous(), x.contiguous(), idx[2], idx[1]))
+    with pytest.raises(ValueError, match="activations"):
+        graph_mix(x.to(torch.int32), idx[0], idx[1], val)
+    with pytest.raises(ValueError, match="out must be a contiguous"):
+        graph_mix(x, idx[0], idx[1], val, out=torch.empty(3, 9, 6, device=triton_device).transpose(1, 2))
+
+
+def test_support_pattern_cache_follows_the_support_tensor(rng, monkeypatch):
+    """GraphConv's cached pattern is rebuilt for another view of the same memory and for a new
+    support tensor, and a module that has cached one still pickles (the cache is dropped)."""
+    import pickle
+
+    gc = stgcn_module.GraphConv(2, 3, 3)
+    partitions = get_layout("ntu25").adjacency_partitions()
+    first = gc._support_csr(partitions, 3, 25, 25)
+    assert gc._support_csr(partitions, 3, 25, 25) is first  # cached
+    flipped = partitions.transpose(1, 2)  # same data_ptr, version and shape; another pattern
+    want = stgcn_module._Csr.of((flipped != 0).transpose(1, 2).reshape(75, 25))
+    got = gc._support_csr(flipped, 3, 25, 25)
+    assert torch.equal(got.cols, want.cols) and torch.equal(got.rowptr, want.rowptr)
+    other = partitions.clone()
+    other[0, 3, 4] = 1.0
+    assert gc._support_csr(other, 3, 25, 25).cols.numel() == first.cols.numel() + 1
+    restored = pickle.loads(pickle.dumps(gc))
+    assert not hasattr(restored, "_csr_cache") and torch.equal(restored.weight, gc.weight)

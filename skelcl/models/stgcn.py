@@ -27,6 +27,7 @@ Parameters keep the shapes of the original convolutions (1x1 ones squeezed), so
 from __future__ import annotations
 
 import os
+import weakref
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -504,16 +505,24 @@ class GraphConv(nn.Module):
     def _support_csr(self, support: Tensor | _Csr, k: int, w_joints: int, v: int) -> _Csr:
         """The CSR of the support's mixing pattern, built once per support tensor (on a GPU ``nonzero``
         reads back to the host; afterwards nothing does, so a step can be captured in a CUDA graph),
-        or the pattern itself when the caller built it (STGCN does, once)."""
+        or the pattern itself when the caller built it (STGCN does, once). The cache is tied to the
+        tensor object (a weak reference: a new tensor at a freed one's address is not mistaken for
+        it) and to its version and view: an in-place change or another view rebuilds the pattern.
+        Changes through ``.data`` are not seen."""
         if isinstance(support, _Csr):
             return support
-        key = (support.data_ptr(), support._version, support.device, tuple(support.shape))
+        view = (support._version, support.stride(), support.storage_offset(), tuple(support.shape))
         cached = getattr(self, "_csr_cache", None)
-        if cached is None or cached[0] != key:
+        if cached is None or cached[0]() is not support or cached[1] != view:
             pattern = (support != 0).transpose(1, 2).reshape(k * w_joints, v)
-            cached = (key, _Csr.of(pattern))
+            cached = (weakref.ref(support), view, _Csr.of(pattern))
             self._csr_cache = cached
-        return cached[1]
+        return cached[2]
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state.pop("_csr_cache", None)  # holds a weak reference (not picklable); rebuilt on the next call
+        return state
 
     def extra_repr(self) -> str:
         return f"{self.in_channels}, {self.out_channels}, partitions={self.num_partitions}"
@@ -642,7 +651,8 @@ class STGCN(nn.Module):
         non-persistent buffers: built here, eagerly, and moved with the model, so that the forward
         pass computes no index tensors (under torch.compile with CUDA graphs, index tensors made
         inside a graph and cached would be overwritten by its next replay). Rebuilt when a state
-        dict brings another ``A``."""
+        dict brings another ``A``; after changing ``A`` any other way (in place, or assigning the
+        buffer), call this method again, or the sparse mixings keep the old pattern."""
         a = self.A
         if a.is_meta:  # a model made on the meta device: the layout's partitions give the pattern
             with torch.device("cpu"):
