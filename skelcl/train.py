@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from skelcl.models.stgcn import PORTABLE_MIX_CHOICES
 from skelcl.runlog import RunLog
 
 __all__ = ["TrainConfig", "TrainStep", "NonFiniteLossError", "run", "main"]
@@ -50,7 +51,7 @@ class NonFiniteLossError(FloatingPointError):
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 _GRAPHED_MODES = ("reduce-overhead", "max-autotune")
-JOINT_MIXINGS = ("auto", "bmm", "aligned", "sparse")  # skelcl.models.stgcn.PORTABLE_MIX_CHOICES + auto
+JOINT_MIXINGS = ("auto", *PORTABLE_MIX_CHOICES)
 
 
 @dataclass
@@ -173,18 +174,15 @@ def _load_data(cfg: TrainConfig, data=None):
     return data, train, test
 
 
-# channels of the first block of each encoder preset at width_multiplier 1
-_BASE_WIDTH = {"stgcn": 64, "stgcn-quarter": 16, "stgcn-small": 8, "resnet10": 64, "resnet18": 64,
-               "resnet34": 64}
-
-
 def encoder_spec(cfg: TrainConfig) -> dict:
     """How to rebuild the encoder: ``build_encoder(spec['name'], layout=..., **spec['kwargs'])``."""
+    from skelcl.models import ENCODER_BASE_WIDTHS
+
     kwargs = {}
     if cfg.width is not None:
-        if cfg.model not in _BASE_WIDTH:
-            raise ValueError(f"model must be one of {sorted(_BASE_WIDTH)}, got {cfg.model!r}")
-        kwargs["width_multiplier"] = cfg.width / _BASE_WIDTH[cfg.model]
+        if cfg.model not in ENCODER_BASE_WIDTHS:
+            raise ValueError(f"model must be one of {sorted(ENCODER_BASE_WIDTHS)}, got {cfg.model!r}")
+        kwargs["width_multiplier"] = cfg.width / ENCODER_BASE_WIDTHS[cfg.model]
     if cfg.depth is not None:
         kwargs["depth"] = cfg.depth
     return {"name": cfg.model, "kwargs": kwargs}
